@@ -1,0 +1,98 @@
+"""Fixtures of the end-to-end tests: the lab, and a way to run the playbooks on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+LAB_URL = "http://127.0.0.1:8080"
+APP_HOSTS = ("app1", "app2")
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+
+    def plays(self) -> list[dict]:
+        """Return the plays of a run made with the JSON callback."""
+        return json.loads(self.output[self.output.index("{") :])["plays"]
+
+
+def lab_environment() -> dict[str, str]:
+    return dict(
+        os.environ,
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        CONTAINERS_CONF=str(REPO / ".lab" / "containers.conf"),
+        ANSIBLE_FORCE_COLOR="0",
+    )
+
+
+def run_playbook(name: str, *extra: str, as_json: bool = False) -> PlaybookRun:
+    """Run a playbook against the lab and return its exit code and output."""
+    env = lab_environment()
+    if as_json:
+        env.update(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_CALLBACKS_ENABLED="")
+    completed = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/lab",
+         f"playbooks/{name}", *extra],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    return PlaybookRun(completed.returncode, completed.stdout + completed.stderr)
+
+
+def host_health(host: str) -> dict:
+    """Ask one app host directly, from inside its container, which release it runs."""
+    completed = subprocess.run(
+        ["podman", "exec", f"lab-{host}", "curl", "-sf", "http://127.0.0.1:8000/health"],
+        env=lab_environment(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(completed.stdout)
+
+
+def releases_serving() -> set[str]:
+    return {host_health(host)["release"] for host in APP_HOSTS}
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[str]:
+    """Start the lab and provision its servers; yield the load balancer's address."""
+    for playbook in ("lab.yml", "provision.yml"):
+        run = run_playbook(playbook)
+        assert run.returncode == 0, run.output[-3000:]
+    yield LAB_URL
+
+
+@pytest.fixture(scope="session")
+def first_release(lab: str) -> str:
+    """Deploy the repository's app and return the release it installed."""
+    run = run_playbook("deploy.yml")
+    assert run.returncode == 0, run.output[-5000:]
+    return requests.get(f"{lab}/health", timeout=5).json()["release"]
+
+
+@pytest.fixture
+def app_variant(tmp_path: Path):
+    """Copy the app and change it, giving a different release of the same version."""
+
+    def make(extra_code: str) -> Path:
+        source = tmp_path / "app"
+        shutil.copytree(
+            REPO / "app", source, ignore=shutil.ignore_patterns("dist", "*.egg-info")
+        )
+        package_init = source / "src" / "reading_history" / "__init__.py"
+        package_init.write_text(package_init.read_text() + "\n" + extra_code + "\n")
+        return source
+
+    return make

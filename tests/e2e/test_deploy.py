@@ -1,0 +1,98 @@
+"""Run the release pipeline on the lab: deploy, redeploy, a failed release, rollback.
+
+The tests share one lab and run in file order: the first deploy installs the
+repository's app, later tests deploy variants of it on top.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import requests
+from conftest import releases_serving, run_playbook
+
+SUBSTANTIVE_PHASES = ("release", "migrate")
+
+
+def test_deploy_serves_health_database_and_exports(lab, first_release):
+    """Verify a deploy leaves the service answering through the load balancer."""
+    health = requests.get(f"{lab}/health", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+
+    database = requests.get(f"{lab}/api/v1/health/db", timeout=5)
+    assert database.status_code == 200
+    found = database.json()["schema_version"]
+    assert found["found"] == found["expected"] > 0
+
+    user = uuid.uuid4().int % 1_000_000_000
+    read = {"article_id": 42, "feed_id": 7, "category": "science, \"space\""}
+    recorded = requests.post(f"{lab}/api/v1/users/{user}/history", json=read, timeout=5)
+    assert recorded.status_code == 201
+
+    exported = requests.get(
+        f"{lab}/api/v1/users/{user}/history/export", params={"format": "csv"}, timeout=5
+    )
+    assert exported.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [row["category"] for row in rows] == [read["category"]]
+
+    assert releases_serving() == {first_release}
+
+
+def test_second_deploy_changes_nothing_in_release_and_migrate(first_release):
+    """Ensure deploying the same release again reports no change where it matters."""
+    run = run_playbook("deploy.yml", as_json=True)
+    assert run.returncode == 0, run.output[-5000:]
+
+    changed = [
+        f"{play['play']['name']} / {task['task']['name']} on {host}"
+        for play in run.plays()
+        if play["play"]["name"].split("|")[0].strip() in SUBSTANTIVE_PHASES
+        for task in play["tasks"]
+        for host, result in task["hosts"].items()
+        if result.get("changed")
+    ]
+    assert changed == []
+    assert releases_serving() == {first_release}
+
+
+def test_release_that_cannot_start_leaves_previous_serving(
+    lab, first_release, app_variant
+):
+    """Verify a release whose app fails at import stops, names host and release."""
+    broken = app_variant('raise RuntimeError("this release cannot start")')
+
+    run = run_playbook(
+        "deploy.yml",
+        "-e", f"app_build_source={broken}",
+        "-e", "app_release_health_deadline=20",
+    )  # fmt: skip
+
+    assert run.returncode != 0
+    assert "FAILED in phase 'release' on host app1" in run.output
+    assert "1.0.0-" in run.output.split("FAILED in phase 'release'")[1]
+    assert "is serving again on this host" in run.output
+    assert releases_serving() == {first_release}
+    assert requests.get(f"{lab}/health", timeout=5).json()["release"] == first_release
+
+
+def test_rollback_puts_previous_release_back(lab, first_release, app_variant):
+    """Ensure rollback.yml returns every host to the release before the last deploy."""
+    second = app_variant("# a second release of the same version")
+    run = run_playbook("deploy.yml", "-e", f"app_build_source={second}")
+    assert run.returncode == 0, run.output[-5000:]
+    second_release = releases_serving()
+    assert len(second_release) == 1
+    assert second_release != {first_release}
+
+    run = run_playbook("rollback.yml")
+    assert run.returncode == 0, run.output[-5000:]
+    assert releases_serving() == {first_release}
+    assert requests.get(f"{lab}/api/v1/health/db", timeout=5).status_code == 200
+
+    again = run_playbook("rollback.yml")
+    assert again.returncode != 0
+    assert "no previous release to roll back to" in again.output
