@@ -1,0 +1,3 @@
+"""The reading-history service: what a user read, exported on request, kept private."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,1 @@
+"""Settings, database pool, logging and metrics shared by the whole service."""

@@ -1,0 +1,1 @@
+DROP TABLE user_reading_preferences;
