@@ -5,12 +5,14 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 INVENTORY ?= inventories/lab
+# Operations on the lab start it first; other environments only need the set-up.
+PREPARE := $(if $(filter inventories/lab,$(INVENTORY)),lab,setup)
 
 export CONTAINERS_CONF := $(CURDIR)/.lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lab lab-down deploy backup migrate verify rollback test
+.PHONY: setup lab lab-down provision deploy backup migrate verify rollback test
 
 setup:
 	tools/setup
@@ -21,11 +23,14 @@ lab: setup
 lab-down:
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_containers_state=absent
 
-deploy: lab
+provision: $(PREPARE)
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/provision.yml
+
+deploy: provision
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/deploy.yml
 	@echo "The reading-history service answers at http://127.0.0.1:8080"
 
-backup migrate verify rollback:
+backup migrate verify rollback: $(PREPARE)
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/$@.yml
 
 test: setup

@@ -26,7 +26,9 @@ class PlaybookRun:
 
     def plays(self) -> list[dict]:
         """Return the plays of a run made with the JSON callback."""
-        return json.loads(self.output[self.output.index("{") :])["plays"]
+        start = self.output.index("{")
+        document, _ = json.JSONDecoder().raw_decode(self.output[start:])
+        return document["plays"]
 
 
 def lab_environment() -> dict[str, str]:
@@ -43,7 +45,11 @@ def run_playbook(name: str, *extra: str, as_json: bool = False) -> PlaybookRun:
     """Run a playbook against the lab and return its exit code and output."""
     env = lab_environment()
     if as_json:
-        env.update(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_CALLBACKS_ENABLED="")
+        # Only the phase report may print beside the JSON, and only after it.
+        env.update(
+            ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+            ANSIBLE_CALLBACKS_ENABLED="phase_report",
+        )
     completed = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", "inventories/lab",
          f"playbooks/{name}", *extra],
