@@ -10,7 +10,8 @@ short_description: Say which phase of an operation failed, and on which host
 description:
   - Plays are named C(phase | what they do). When a task fails, this callback remembers
     the phase, the host and the task, and prints them last, after the play recap, so
-    an operator at the end of a long run reads at once where it stopped.
+    an operator at the end of a long run reads at once where it stopped. Of several
+    failures, the last is reported, which is the one a rescue ends with.
   - Prints one line per phase with its duration when the run succeeds.
 requirements:
   - enabled in ansible.cfg through C(callbacks_enabled)
@@ -67,7 +68,9 @@ class CallbackModule(CallbackBase):
         self._clock.start(self._phase)
 
     def v2_runner_on_failed(self, result, ignore_errors: bool = False) -> None:
-        if ignore_errors or self._failure:
+        # The last failure wins: when a role rescues a failure and then fails on
+        # purpose, its own message is the one that explains what happened.
+        if ignore_errors:
             return
         self._failure = Failure(
             phase=self._phase,
