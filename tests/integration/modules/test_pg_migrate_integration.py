@@ -333,7 +333,7 @@ class TestLocking:
         pg_server: PostgresServer,
         pg_database: str,
     ) -> None:
-        """Ensure a run that cannot get the lock names the holder's pid and app."""
+        """Ensure a run that cannot get the lock names the holder: pid, app, since when."""
         folder = write_files(tmp_path / "m", BASE_FILES)
         dsn = f"{pg_server.dsn(pg_database)} application_name=release-blocker"
 
@@ -345,6 +345,7 @@ class TestLocking:
         assert rc == 1
         assert f"pid {pid}" in result["msg"]
         assert "release-blocker" in result["msg"]
+        assert "from 127.0.0.1, connected since 20" in result["msg"]
         assert not table_exists(db, "schema_migrations")
 
     def test_two_runs_at_once_apply_each_migration_once(

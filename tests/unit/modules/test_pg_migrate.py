@@ -1,4 +1,4 @@
-"""Unit tests of pg_migrate: file discovery, markers, checksums, SQL splitting, locking.
+"""Unit tests of pg_migrate: files, markers, checksums, SQL splitting, plans, locking.
 
 Nothing here touches a database; the connection is faked where one is needed.
 """
@@ -6,23 +6,32 @@ Nothing here touches a database; the connection is faked where one is needed.
 from __future__ import annotations
 
 import hashlib
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pg_migrate
 import pytest
+from ansible.module_utils import schema_history
 from ansible.module_utils.schema_history import HistoryRow
 from module_harness import ModuleFail, run_module
 from pg_migrate import (
     LOCK_KEY,
     Migration,
     MigrationFileError,
+    Migrator,
+    StepFailed,
     acquire_lock,
-    blocking_message,
-    compare_with_history,
+    concurrent_index_name,
+    describe_holder,
     discover_migrations,
+    make_plan,
     split_statements,
     wants_no_transaction,
 )
+from psycopg import errors as psycopg_errors
+
+MARKER = "-- reading-history: no-transaction"
 
 
 def write(folder: Path, name: str, text: str = "SELECT 1;\n") -> Path:
@@ -218,48 +227,402 @@ class TestSplitStatements:
         ]
 
 
-class TestHistoryComparison:
+class TestPlan:
     def test_unrecorded_versions_are_pending_in_order(self) -> None:
         """Ensure only versions missing from the history are pending."""
-        status = compare_with_history(
-            [migration(1), migration(2), migration(3)], {1: row(1)}
-        )
+        plan = make_plan([migration(1), migration(2), migration(3)], {1: row(1)})
 
-        assert [m.version for m in status.pending] == [2, 3]
-        assert blocking_message(status) is None
+        assert [m.version for m in plan.up] == [2, 3]
+        assert plan.down == [] and plan.problems == []
+        assert plan.target == 3
 
     def test_every_drifted_version_is_reported(self) -> None:
-        """Verify all edited files are listed, not just the first."""
+        """Verify all edited files are listed, not just the first, with the way out."""
         migrations = [migration(1, "new1"), migration(2, "same"), migration(3, "new3")]
         history = {1: row(1, "old1"), 2: row(2, "same"), 3: row(3, "old3")}
 
-        status = compare_with_history(migrations, history)
-        message = blocking_message(status)
+        plan = make_plan(migrations, history)
+        [message] = plan.problems
 
-        assert [item["version"] for item in status.drifted] == [1, 3]
+        assert [item["version"] for item in plan.drifted] == [1, 3]
         assert "0001_step_1" in message and "0003_step_3" in message
         assert "0002" not in message
+        assert "accept_checksums: [1, 3]" in message
 
-    def test_failed_migration_blocks_with_version_and_error(self) -> None:
-        """Ensure a failed history row blocks and names its version and error."""
+    def test_accepted_drift_no_longer_blocks(self) -> None:
+        """Ensure a listed version is accepted with both checksums, others still block."""
+        migrations = [migration(1, "new1"), migration(2, "new2"), migration(3)]
+        history = {1: row(1, "old1"), 2: row(2, "old2")}
+
+        plan = make_plan(migrations, history, accept=[1])
+
+        assert plan.accept == [
+            {"version": 1, "name": "step_1", "previous": "old1", "checksum": "new1"}
+        ]
+        assert [item["version"] for item in plan.drifted] == [2]
+        assert len(plan.problems) == 1 and "0002_step_2" in plan.problems[0]
+
+    def test_accepting_a_matching_checksum_changes_nothing(self) -> None:
+        """Verify accept_checksums left set after the acceptance is a no-op."""
+        plan = make_plan([migration(1)], {1: row(1)}, accept=[1])
+
+        assert plan.accept == [] and plan.problems == [] and not plan.changes
+
+    def test_accepting_a_version_that_is_not_applied_warns(self) -> None:
+        """Ensure a pending or unknown version in accept_checksums is named, not run."""
+        plan = make_plan([migration(1), migration(2)], {1: row(1)}, accept=[2, 9])
+
+        assert plan.accept == []
+        assert [w for w in plan.warnings if "version 2" in w]
+        assert [w for w in plan.warnings if "version 9" in w]
+
+    def test_failed_migration_blocks_with_version_error_and_way_out(self) -> None:
+        """Ensure a failed history row blocks, naming version, error and resolve."""
         history = {
             1: row(1),
             2: row(2, status="failed", error='relation "x" does not exist'),
         }
 
-        message = blocking_message(
-            compare_with_history([migration(1), migration(2)], history)
-        )
+        plan = make_plan([migration(1), migration(2)], history)
+        [message] = plan.problems
 
+        assert [r.version for r in plan.failed] == [2]
         assert "0002_step_2" in message
         assert 'relation "x" does not exist' in message
+        assert "resolve={version: 2, action: retry}" in message
+        assert plan.up == []
 
-    def test_versions_without_files_are_reported_as_unknown(self) -> None:
-        """Verify versions applied by a newer release are told apart, not pending."""
-        status = compare_with_history([migration(1)], {1: row(1), 5: row(5)})
+    def test_retry_makes_the_failed_version_pending_again(self) -> None:
+        """Verify resolve retry lifts the block and runs the version with the rest."""
+        history = {1: row(1), 2: row(2, status="failed", error="boom")}
+        resolve = {"version": 2, "action": "retry"}
 
-        assert status.unknown == [5]
-        assert status.pending == []
+        plan = make_plan(
+            [migration(1), migration(2), migration(3)], history, resolve=resolve
+        )
+
+        assert plan.problems == []
+        assert plan.resolve == {"version": 2, "name": "step_2", "action": "retry"}
+        assert [m.version for m in plan.up] == [2, 3]
+
+    def test_mark_applied_lifts_the_block_without_running_it(self) -> None:
+        """Ensure mark_applied counts the version as applied and runs only later ones."""
+        history = {1: row(1), 2: row(2, status="failed", error="boom")}
+        resolve = {"version": 2, "action": "mark_applied"}
+
+        plan = make_plan(
+            [migration(1), migration(2), migration(3)], history, resolve=resolve
+        )
+
+        assert plan.problems == []
+        assert plan.resolve["action"] == "mark_applied"
+        assert [m.version for m in plan.up] == [3]
+
+    def test_resolving_another_version_leaves_the_block(self) -> None:
+        """Verify resolving the wrong version neither runs anything nor unblocks."""
+        history = {1: row(1), 2: row(2, status="failed", error="boom")}
+
+        plan = make_plan(
+            [migration(1), migration(2)],
+            history,
+            resolve={"version": 1, "action": "retry"},
+        )
+
+        assert plan.resolve is None
+        assert any("already applied" in warning for warning in plan.warnings)
+        assert len(plan.problems) == 1 and "0002_step_2" in plan.problems[0]
+
+    def test_resolve_without_history_row_only_warns(self) -> None:
+        """Ensure a resolve option left over from an earlier run does not fail."""
+        plan = make_plan([migration(1)], {}, resolve={"version": 1, "action": "retry"})
+
+        assert plan.problems == [] and plan.resolve is None
+        assert [m.version for m in plan.up] == [1]
+        assert any("no history row" in warning for warning in plan.warnings)
+
+    def test_versions_without_files_are_left_alone_without_a_target(self) -> None:
+        """Verify versions applied by a newer release warn and are not undone."""
+        plan = make_plan([migration(1)], {1: row(1), 5: row(5)})
+
+        assert plan.down == [] and plan.up == [] and plan.problems == []
+        assert any("newer than these migrations: 5" in w for w in plan.warnings)
+
+    def test_versions_without_files_block_an_explicit_target(self) -> None:
+        """Ensure a target below a version with no file fails before anything runs."""
+        plan = make_plan([migration(1)], {1: row(1), 5: row(5)}, target_version=1)
+
+        assert plan.down == []
+        assert "cannot migrate down to version 1" in plan.problems[0]
+        assert "version 5 has no file here" in plan.problems[0]
+
+
+def with_down(version: int, folder: Path, text: str = "SELECT 1;\n") -> Migration:
+    down = write(folder, f"{version:04d}_step_{version}.down.sql", text)
+    return Migration(
+        version, f"step_{version}", f"/m/{version}.up.sql", "c", False, str(down)
+    )
+
+
+class TestTargetVersion:
+    def test_down_files_run_highest_first_down_to_the_target(
+        self, tmp_path: Path
+    ) -> None:
+        """Ensure the versions above the target are undone from the top."""
+        migrations = [with_down(v, tmp_path) for v in (1, 2, 3, 4)]
+        history = {v: row(v) for v in (1, 2, 3, 4)}
+
+        plan = make_plan(migrations, history, target_version=1)
+
+        assert [m.version for m in plan.down] == [4, 3, 2]
+        assert plan.up == [] and plan.problems == []
+
+    def test_target_zero_undoes_everything(self, tmp_path: Path) -> None:
+        """Verify target_version 0 undoes every applied version."""
+        migrations = [with_down(v, tmp_path) for v in (1, 2)]
+
+        plan = make_plan(migrations, {1: row(1), 2: row(2)}, target_version=0)
+
+        assert [m.version for m in plan.down] == [2, 1]
+
+    def test_missing_down_files_stop_the_plan_naming_each(self, tmp_path: Path) -> None:
+        """Ensure every version without a down file is named and nothing is undone."""
+        migrations = [
+            with_down(1, tmp_path),
+            migration(2),
+            with_down(3, tmp_path),
+            migration(4),
+        ]
+        history = {v: row(v) for v in (1, 2, 3, 4)}
+
+        plan = make_plan(migrations, history, target_version=1)
+
+        assert plan.down == []
+        [message] = plan.problems
+        assert "0004_step_4 has no down file" in message
+        assert "0002_step_2 has no down file" in message
+        assert "0003" not in message
+
+    def test_down_file_marked_no_transaction_is_refused(self, tmp_path: Path) -> None:
+        """Verify a down file must run in a transaction."""
+        marked = with_down(2, tmp_path, f"{MARKER}\nDROP INDEX CONCURRENTLY i;\n")
+
+        plan = make_plan([with_down(1, tmp_path), marked], {1: row(1), 2: row(2)}, 1)
+
+        assert plan.down == []
+        assert "0002_step_2.down.sql is marked no-transaction" in plan.problems[0]
+
+    def test_up_only_to_the_target(self) -> None:
+        """Ensure a target above the applied version applies only up to it."""
+        migrations = [migration(v) for v in (1, 2, 3, 4)]
+
+        plan = make_plan(migrations, {1: row(1)}, target_version=3)
+
+        assert [m.version for m in plan.up] == [2, 3]
+        assert plan.down == [] and plan.target == 3
+
+    def test_target_without_a_file_is_refused(self) -> None:
+        """Verify a target that names no migration fails, naming the highest."""
+        plan = make_plan([migration(1), migration(2)], {}, target_version=7)
+
+        assert plan.problems == [
+            "target_version 7 has no migration file here (the highest is 2)"
+        ]
+        assert plan.up == []
+
+    def test_resolving_above_the_target_is_refused(self) -> None:
+        """Ensure a failed version above the target cannot be retried by a downgrade."""
+        history = {1: row(1), 2: row(2, status="failed", error="boom")}
+
+        plan = make_plan(
+            [migration(1), migration(2)],
+            history,
+            target_version=1,
+            resolve={"version": 2, "action": "retry"},
+        )
+
+        assert any("above the target version 1" in p for p in plan.problems)
+
+
+class TestConcurrentIndexName:
+    @pytest.mark.parametrize(
+        ("statement", "name"),
+        [
+            ("CREATE INDEX CONCURRENTLY feeds_url ON feeds (url)", "feeds_url"),
+            ("create unique index concurrently u_key on t (a)", "u_key"),
+            (
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS i\n  ON t (a)",
+                "i",
+            ),
+            ('CREATE INDEX CONCURRENTLY "Odd ""Name""" ON t (a)', '"Odd ""Name"""'),
+            ("CREATE INDEX CONCURRENTLY public . i ON t (a)", "public.i"),
+            (
+                f"{MARKER}\n-- why\n/* note; */ CREATE INDEX CONCURRENTLY i ON t (a)",
+                "i",
+            ),
+        ],
+    )
+    def test_names_the_index_a_statement_builds(
+        self, statement: str, name: str
+    ) -> None:
+        """Ensure the index name is found whatever the spelling and comments."""
+        assert concurrent_index_name(statement) == name
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "CREATE INDEX i ON t (a)",
+            "CREATE INDEX CONCURRENTLY ON t (a)",
+            "DROP INDEX CONCURRENTLY i",
+            "SELECT 'CREATE INDEX CONCURRENTLY i ON t (a)'",
+        ],
+    )
+    def test_other_statements_name_no_index(self, statement: str) -> None:
+        """Verify statements that build no named index concurrently are left alone."""
+        assert concurrent_index_name(statement) is None
+
+
+class FakeTransaction:
+    def __init__(self, conn: FakeRunConnection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.events.append("begin")
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        self.conn.events.append("rollback" if kind else "commit")
+        return False
+
+
+class FakeCursor:
+    rowcount = 1
+
+    def fetchone(self):
+        return None
+
+
+class FakeRunConnection:
+    """Fails the migration's own SQL with scripted errors, accepts everything else."""
+
+    def __init__(self, errors: list[Exception | None], marker: str) -> None:
+        self.errors = errors
+        self.marker = marker
+        self.events: list[str] = []
+        self.attempts = 0
+
+    def transaction(self) -> FakeTransaction:
+        return FakeTransaction(self)
+
+    def execute(self, query, params=None) -> FakeCursor:
+        if isinstance(query, str) and self.marker in query:
+            self.attempts += 1
+            error = self.errors.pop(0) if self.errors else None
+            if error is not None:
+                raise error
+        if isinstance(query, str) and query.startswith(
+            "INSERT INTO schema_migrations "
+        ):
+            self.events.append("failed" if "'failed', %(by)s" in query else "applied")
+        return FakeCursor()
+
+
+WHO = {"applied_by": "ci", "app_release": "1.0"}
+
+
+class TestLockRetries:
+    def run(self, tmp_path: Path, errors, retries: int, no_transaction=False):
+        text = "ALTER TABLE marked_table ADD c int;\n"
+        if no_transaction:
+            text = f"{MARKER}\nSELECT 1;\n{text}"
+        path = write(tmp_path, "0001_alter.up.sql", text)
+        [found] = discover_migrations(str(tmp_path))
+        assert found.up_path == str(path)
+        conn = FakeRunConnection(list(errors), "marked_table")
+        sleeps: list[float] = []
+        runner = Migrator(conn, WHO, retries, 2.5, sleep=sleeps.append)
+        try:
+            runner.apply(found)
+        except StepFailed as failed:
+            return conn, runner, sleeps, str(failed)
+        return conn, runner, sleeps, None
+
+    def test_lock_timeout_is_retried_after_the_delay(self, tmp_path: Path) -> None:
+        """Ensure a lock timeout runs the migration again after lock_retry_delay."""
+        timeout = psycopg_errors.LockNotAvailable(
+            "canceling statement due to lock timeout"
+        )
+
+        conn, runner, sleeps, failure = self.run(tmp_path, [timeout, timeout], 3)
+
+        assert failure is None
+        assert conn.attempts == 3 and sleeps == [2.5, 2.5]
+        assert runner.retries_used == 2
+        assert conn.events[-2:] == ["applied", "commit"]
+
+    def test_gives_up_once_the_retries_are_spent(self, tmp_path: Path) -> None:
+        """Verify the migration fails after lock_retries more attempts, saying so."""
+        timeout = psycopg_errors.LockNotAvailable(
+            "canceling statement due to lock timeout"
+        )
+
+        conn, _, sleeps, failure = self.run(tmp_path, [timeout] * 5, 1)
+
+        assert conn.attempts == 2 and sleeps == [2.5]
+        assert "lock timeout (gave up after 2 attempts)" in failure
+        assert "failed" in conn.events
+
+    def test_other_errors_are_not_retried(self, tmp_path: Path) -> None:
+        """Ensure only lock_not_available is retried, not any other failure."""
+        error = psycopg_errors.DivisionByZero("division by zero")
+
+        conn, runner, sleeps, failure = self.run(tmp_path, [error], 5)
+
+        assert conn.attempts == 1 and sleeps == [] and runner.retries_used == 0
+        assert "0001_alter failed and was rolled back: division by zero" in failure
+
+    def test_no_transaction_file_retries_only_the_statement(
+        self, tmp_path: Path
+    ) -> None:
+        """Verify a no-transaction file goes on from the statement that gave up."""
+        timeout = psycopg_errors.LockNotAvailable(
+            "canceling statement due to lock timeout"
+        )
+
+        conn, _, sleeps, failure = self.run(tmp_path, [timeout], 1, no_transaction=True)
+
+        assert failure is None
+        assert conn.attempts == 2 and sleeps == [2.5]
+
+    def test_statement_number_is_named_when_a_no_transaction_file_fails(
+        self, tmp_path: Path
+    ) -> None:
+        """Ensure a failed no-transaction file says which statement failed."""
+        error = psycopg_errors.DivisionByZero("division by zero")
+
+        _, _, _, failure = self.run(tmp_path, [error], 0, no_transaction=True)
+
+        assert "may be partly applied: statement 2 of 2 failed" in failure
+
+
+class TestLockHolder:
+    def test_names_pid_application_address_and_since_when(self) -> None:
+        """Ensure the holder's pid, application, client and start time are named."""
+        since = datetime(2024, 5, 1, 12, 30, 5, tzinfo=UTC)
+        text = describe_holder(
+            (4242, "ansible-pg_migrate", "mig", "10.0.0.5", since, "active")
+        )
+
+        assert text == (
+            "pid 4242 (application 'ansible-pg_migrate', user 'mig', from 10.0.0.5, "
+            "connected since 2024-05-01 12:30:05 UTC, active)"
+        )
+
+    def test_says_what_this_role_cannot_see(self) -> None:
+        """Verify details hidden by pg_stat_activity are said to be hidden."""
+        text = describe_holder((7, "", "other", None, None, None))
+
+        assert "from a local socket" in text
+        assert "connection time not visible to this role" in text
+        assert describe_holder(None) == "a session that has since gone"
 
 
 class FakeLockConnection:
@@ -330,6 +693,11 @@ class TestArguments:
             ("lock_timeout", "5 parsecs", "lock_timeout '5 parsecs'"),
             ("statement_timeout", "-1s", "statement_timeout '-1s'"),
             ("lock_wait_timeout", -1, "lock_wait_timeout must not be negative"),
+            ("lock_retries", -1, "lock_retries must not be negative"),
+            ("lock_retry_delay", -0.5, "lock_retry_delay must not be negative"),
+            ("target_version", -1, "target_version must not be negative"),
+            ("accept_checksums", [2, 0], "accept_checksums takes versions from 1"),
+            ("resolve", {"version": 0, "action": "retry"}, "resolve.version"),
             ("database", "", "database must not be empty"),
         ],
     )
@@ -372,3 +740,37 @@ class TestArguments:
             run_module(
                 pg_migrate, {**self.base_args(tmp_path), "ssl_mode": "sometimes"}
             )
+
+    @pytest.mark.parametrize(
+        "resolve",
+        [{"version": 3, "action": "drop"}, {"action": "retry"}, {"version": 3}],
+    )
+    def test_resolve_needs_a_version_and_a_known_action(
+        self, tmp_path: Path, no_connection: None, resolve: dict
+    ) -> None:
+        """Ensure resolve is refused unless it names a version and retry or mark_applied."""
+        with pytest.raises(ModuleFail) as failed:
+            run_module(pg_migrate, {**self.base_args(tmp_path), "resolve": resolve})
+
+        assert "resolve" in failed.value.result["msg"]
+
+
+class TestHistoryShape:
+    def test_upgrade_statement_adds_every_new_column(self) -> None:
+        """Verify the written-out ALTER TABLE adds exactly the columns listed."""
+        added = re.findall(
+            r"ADD COLUMN IF NOT EXISTS (\w+) (\w+)", schema_history.HISTORY_UPGRADE_DDL
+        )
+
+        assert dict(added) == schema_history.HISTORY_COLUMNS
+
+    def test_new_columns_are_nullable(self) -> None:
+        """Ensure no added column can break rows written before it, or the app."""
+        upgrade = schema_history.HISTORY_UPGRADE_DDL.upper()
+
+        assert "NOT NULL" not in upgrade and "DEFAULT" not in upgrade
+
+    def test_log_refuses_an_unknown_action(self) -> None:
+        """Verify only the documented actions reach the log table."""
+        with pytest.raises(ValueError, match="dropped"):
+            schema_history.log_event(None, 1, "x", "dropped", "ci")

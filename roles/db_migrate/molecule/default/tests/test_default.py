@@ -1,10 +1,13 @@
-"""Verify the schema db_migrate applies, its history, and who may use the tables."""
+"""Verify the schema db_migrate applies, its history, the read-only window around it,
+and who may use the tables."""
 
 import pytest
 
 MIGRATOR = ("reading_history_migrator", "molecule-migrator-2e7b9c4f")
 APP = ("reading_history_app", "molecule-app-6a1d3f8e5c")
 MIGRATIONS_DIR = "/var/lib/reading-history/migrations"
+# The scenario's own last migration, added by prepare.yml, notes what it saw.
+WINDOW_TABLE = "molecule_read_only_window"
 # The migrations every release of the app has had from the start.
 FIRST_MIGRATIONS = {
     1: "0001_create_user_reading_preferences.up.sql",
@@ -104,3 +107,42 @@ def test_app_role_cannot_change_the_schema(host):
     result = psql(host, *APP, "DROP TABLE reading_history")
     assert result.rc != 0
     assert "must be owner" in result.stderr
+
+
+def test_migrations_ran_inside_the_read_only_window(host):
+    """Ensure the database defaulted to read-only while the migrator still wrote."""
+    [[migrator, settings]] = rows(
+        host, *MIGRATOR,
+        f"SELECT migrator_transaction, database_settings FROM {WINDOW_TABLE}",
+    )  # fmt: skip
+    assert migrator == "off"
+    assert "default_transaction_read_only=on" in settings
+
+
+def test_read_only_setting_was_put_back(host):
+    """Verify the window is closed: nothing stored, and new sessions may write."""
+    stored = rows(
+        host, *MIGRATOR,
+        "SELECT count(*) FROM pg_db_role_setting s"
+        " JOIN pg_database d ON d.oid = s.setdatabase"
+        " WHERE d.datname = 'reading_history' AND s.setrole = 0"
+        " AND 'default_transaction_read_only=on' = ANY (s.setconfig)",
+    )  # fmt: skip
+    assert stored == [["0"]]
+    assert rows(host, *APP, "SHOW default_transaction_read_only") == [["off"]]
+
+
+def test_log_records_each_version_applied_once(host, up_files):
+    """Ensure schema_migrations_log has one applied entry per version, and who ran it."""
+    log = rows(
+        host, *MIGRATOR,
+        "SELECT version, action, performed_by <> '' FROM schema_migrations_log ORDER BY id",
+    )  # fmt: skip
+    assert log == [[str(version), "applied", "t"] for version in sorted(up_files)]
+
+
+def test_expected_schema_is_on_the_host_and_private(host):
+    """Verify the release's expected schema was copied for pg_schema, root only."""
+    expected = host.file(f"{MIGRATIONS_DIR}/expected_schema.json")
+    assert expected.is_file and expected.user == "root" and expected.mode == 0o640
+    assert f'"{WINDOW_TABLE}"' in expected.content_string
