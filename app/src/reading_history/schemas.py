@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
     field_validator,
 )
 
 # PostgreSQL's bigint and integer, so that no id or number overflows a column.
 BIGINT_MAX = 2**63 - 1
+# The largest id the API takes or gives: beyond it, clients that hold JSON
+# numbers as doubles (JavaScript among them) silently change the id.
+ID_MAX = 2**53 - 1
 INTEGER_MAX = 2**31 - 1
 CATEGORY_MAX_LENGTH = 64
 EXCLUDED_CATEGORIES_MAX = 100
@@ -26,18 +33,57 @@ EXCLUDED_CATEGORIES_MAX = 100
 RETENTION_DAYS_MAX = 36500
 
 ExportFormat = Literal["json", "csv"]
-DatabaseId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+# The start of an RFC 3339 date-time, as OpenAPI's format: date-time means.
+DATE_TIME_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]")
 
 
-def check_storable_text(value: str) -> str:
-    """Refuse text PostgreSQL cannot store, or that is only blanks."""
+def check_json_number(value: object) -> object:
+    """Refuse true and "5", which lax validation would take for the numbers 1 and 5.
+
+    Integral numbers written as 5.0 stay allowed, as in JSON Schema.
+    """
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number")
+    return value
+
+
+def check_date_time_text(value: object) -> object:
+    """Refuse instants not written as RFC 3339 text, such as a bare 1714564800."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not DATE_TIME_START.match(value):
+        raise ValueError("must be a date-time such as 2024-05-01T12:00:00Z")
+    return value
+
+
+# Checked after the bounds are attached, so the schema shows them as
+# minimum and maximum.
+JSON_NUMBER = BeforeValidator(check_json_number)
+DatabaseId = Annotated[int, Field(ge=1, le=ID_MAX), JSON_NUMBER]
+DateTimeText = Annotated[AwareDatetime, BeforeValidator(check_date_time_text)]
+
+
+# Text with something besides spaces and control characters, and no NUL, which
+# PostgreSQL cannot store. The pattern tells OpenAPI clients what the check
+# below enforces with clearer messages; both use the same characters.
+STORABLE_TEXT_PATTERN = r"^[^\x00]*[^\x00-\x20\x7f][^\x00]*$"
+VISIBLE_CHARACTER = re.compile(r"[^\x00-\x20\x7f]")
+
+
+def check_storable_text(value: object) -> object:
+    """Refuse text PostgreSQL cannot store, or that is only blanks.
+
+    Runs before type checks, so anything but text is left for them to refuse.
+    """
+    if not isinstance(value, str):
+        return value
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode text") from None
-    if not value.strip():
+    if not VISIBLE_CHARACTER.search(value):
         raise ValueError("must not be blank")
     return value
 
@@ -63,16 +109,29 @@ def without_duplicates(categories: list[str]) -> list[str]:
 
 Category = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=CATEGORY_MAX_LENGTH),
-    AfterValidator(check_storable_text),
+    StringConstraints(
+        min_length=1, max_length=CATEGORY_MAX_LENGTH, pattern=STORABLE_TEXT_PATTERN
+    ),
+    BeforeValidator(check_storable_text),
 ]
 ExcludedCategories = Annotated[
     list[Category],
     Field(max_length=EXCLUDED_CATEGORIES_MAX),
     AfterValidator(without_duplicates),
 ]
-RetentionDays = Annotated[int, Field(ge=1, le=RETENTION_DAYS_MAX)]
-ReadAt = Annotated[AwareDatetime, AfterValidator(as_utc)]
+RetentionDays = Annotated[int, Field(ge=1, le=RETENTION_DAYS_MAX), JSON_NUMBER]
+Seconds = Annotated[int, Field(ge=0, le=INTEGER_MAX), JSON_NUMBER]
+Percent = Annotated[int, Field(ge=0, le=100), JSON_NUMBER]
+ReadAt = Annotated[DateTimeText, AfterValidator(as_utc)]
+DeleteHistory = Annotated[
+    StrictBool,
+    Field(
+        description=(
+            "Also forget every stored read. Nothing stored is forgotten otherwise, "
+            "not even when tracking is turned off."
+        )
+    ),
+]
 
 
 class HistoryEntryCreate(BaseModel):
@@ -86,8 +145,8 @@ class HistoryEntryCreate(BaseModel):
     read_at: ReadAt | None = Field(
         default=None, description="When the article was read; now when left out."
     )
-    duration_seconds: Annotated[int, Field(ge=0, le=INTEGER_MAX)] | None = None
-    scroll_depth: Annotated[int, Field(ge=0, le=100)] | None = Field(
+    duration_seconds: Seconds | None = None
+    scroll_depth: Percent | None = Field(
         default=None, description="How far down the article the user got, in percent."
     )
 
@@ -150,6 +209,20 @@ class PreferencesReplace(BaseModel):
         description="Categories never recorded, compared without regard to case.",
     )
     default_export_format: ExportFormat = "json"
+    delete_history: DeleteHistory = False
+
+
+def documented_without_null(annotation: Any) -> WithJsonSchema:
+    """Describe a field or parameter that may be left out, but is never null."""
+    return WithJsonSchema(TypeAdapter(annotation).json_schema())
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    # Left out means unchanged; a default of null would suggest sending null.
+    schema.pop("default", None)
+
+
+LEFT_OUT = Field(default=None, json_schema_extra=_without_default)
 
 
 class PreferencesUpdate(BaseModel):
@@ -157,10 +230,17 @@ class PreferencesUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tracking_enabled: StrictBool | None = None
+    tracking_enabled: Annotated[
+        StrictBool | None, documented_without_null(StrictBool)
+    ] = LEFT_OUT
     retention_days: RetentionDays | None = None
-    excluded_categories: ExcludedCategories | None = None
-    default_export_format: ExportFormat | None = None
+    excluded_categories: Annotated[
+        ExcludedCategories | None, documented_without_null(ExcludedCategories)
+    ] = LEFT_OUT
+    default_export_format: Annotated[
+        ExportFormat | None, documented_without_null(ExportFormat)
+    ] = LEFT_OUT
+    delete_history: DeleteHistory = False
 
     @field_validator("tracking_enabled", "excluded_categories", "default_export_format")
     @classmethod
@@ -187,7 +267,13 @@ class PreferencesPublic(BaseModel):
     def defaults(cls, user_id: int) -> PreferencesPublic:
         """Return what a user who never chose anything gets."""
         chosen = PreferencesReplace()
-        return cls(user_id=user_id, **chosen.model_dump())
+        return cls(user_id=user_id, **chosen.model_dump(exclude={"delete_history"}))
+
+
+class ErrorDetail(BaseModel):
+    """Why a request was refused."""
+
+    detail: str
 
 
 class SchemaVersion(BaseModel):

@@ -6,6 +6,7 @@ production, so every route test also proves the service needs no DDL.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ with warnings.catch_warnings():
 from reading_history.main import create_app  # noqa: E402
 
 from rh_support import (  # noqa: E402
+    ActAsAddressedUser,
     Roles,
     ServiceDatabase,
     apply_migrations,
@@ -34,6 +36,10 @@ from rh_support import (  # noqa: E402
     drop_roles,
     make_settings,
     new_roles,
+    service_database,
+    start_service,
+    unused_port,
+    wait_until_up,
 )
 
 
@@ -51,17 +57,7 @@ def db_roles(pg_server, pg_database: str) -> Iterator[Roles]:
 @pytest.fixture
 def service_db(pg_server, pg_database: str, db_roles: Roles) -> ServiceDatabase:
     """Give a database with both roles, not yet migrated."""
-    return ServiceDatabase(
-        name=pg_database,
-        owner=db_roles.owner,
-        app_role=db_roles.app,
-        owner_dsn=pg_server.dsn(pg_database, db_roles.owner, db_roles.password),
-        app_dsn=pg_server.dsn(pg_database, db_roles.app, db_roles.password),
-        app_url=(
-            f"postgresql://{db_roles.app}:{db_roles.password}"
-            f"@{pg_server.host}:{pg_server.port}/{pg_database}"
-        ),
-    )
+    return service_database(pg_server, pg_database, db_roles)
 
 
 @pytest.fixture
@@ -73,7 +69,20 @@ def migrated_db(service_db: ServiceDatabase) -> ServiceDatabase:
 
 @pytest.fixture
 def client(migrated_db: ServiceDatabase) -> Iterator[TestClient]:
-    """Run the service, as the restricted role, against the migrated database."""
+    """Run the service, as the restricted role, against the migrated database.
+
+    Each request carries a token of the user its path names, made as the
+    restricted role too; tests of access control bring their own tokens.
+    """
+    app = create_app(make_settings(migrated_db.app_url))
+    with TestClient(app) as test_client:
+        test_client.auth = ActAsAddressedUser(migrated_db.app_dsn)
+        yield test_client
+
+
+@pytest.fixture
+def anonymous_client(migrated_db: ServiceDatabase) -> Iterator[TestClient]:
+    """Run the service like `client`, without adding any token to requests."""
     app = create_app(make_settings(migrated_db.app_url))
     with TestClient(app) as test_client:
         yield test_client
@@ -84,3 +93,23 @@ def owner_conn(migrated_db: ServiceDatabase) -> Iterator[psycopg.Connection]:
     """Connect as the schema owner, to arrange or inspect rows behind the API."""
     with psycopg.connect(migrated_db.owner_dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def served(migrated_db: ServiceDatabase) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `reading-history serve` as a process, the way the deployment starts it."""
+    port = unused_port()
+    process = start_service(
+        migrated_db.app_url,
+        port=port,
+        output=subprocess.PIPE,
+        release="served-test",
+        environment="lab",
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base_url, process)
+        yield base_url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

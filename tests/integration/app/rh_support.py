@@ -9,15 +9,30 @@ production.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import secrets
+import socket
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
+import httpx
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
+from reading_history import access
+from reading_history.access import NewToken
 from reading_history.core.config import Settings
 from reading_history.migrations import Migration, load_migrations
+
+APP_SOURCE = Path(__file__).resolve().parents[3] / "app" / "src"
 
 SCHEMA_MIGRATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -42,6 +57,55 @@ class ServiceDatabase:
     app_url: str
 
 
+ADDRESSED_USER = re.compile(r"^/api/v1/users/([^/]+)")
+# Whose token goes with a path naming no valid user, so that validation answers.
+FALLBACK_USER_ID = 1
+
+
+def make_token(dsn: str, user_id: int, name: str = "tests") -> NewToken:
+    """Make a token with the service's own code, over the given connection string."""
+
+    async def make() -> NewToken:
+        async with await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, row_factory=dict_row
+        ) as conn:
+            return await access.create_token(conn=conn, user_id=user_id, name=name)
+
+    return asyncio.run(make())
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class ActAsAddressedUser(httpx.Auth):
+    """Send each request with a token of the user its path names.
+
+    This is what each user's own app does. Requests that bring their own
+    Authorization header, and paths outside /api/v1/users, are left alone.
+    """
+
+    app_dsn: str
+    tokens: dict[int, str] = field(default_factory=dict)
+
+    def auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        match = ADDRESSED_USER.match(request.url.path)
+        if match and "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {self.token_for(match[1])}"
+        yield request
+
+    def token_for(self, addressed: str) -> str:
+        user_id = int(addressed) if addressed.isdigit() else FALLBACK_USER_ID
+        if not 1 <= user_id < 2**63:
+            user_id = FALLBACK_USER_ID
+        if user_id not in self.tokens:
+            self.tokens[user_id] = make_token(self.app_dsn, user_id).token
+        return self.tokens[user_id]
+
+
 def make_settings(database_url: str, **overrides: object) -> Settings:
     """Return the service's settings for a test, as the deployment would set them."""
     values: dict[str, object] = {
@@ -53,6 +117,51 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_service(
+    database_url: str, *, port: int, output: int | IO[str], **settings: str
+) -> subprocess.Popen[str]:
+    """Start `reading-history serve` as the deployment does, with only its settings.
+
+    Each keyword is a READING_HISTORY_* setting without the prefix.
+    """
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(APP_SOURCE),
+        "READING_HISTORY_DATABASE_URL": database_url,
+        "READING_HISTORY_PORT": str(port),
+    }
+    environment |= {
+        f"READING_HISTORY_{name.upper()}": v for name, v in settings.items()
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "reading_history", "serve"],
+        env=environment,
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
+def wait_until_up(base_url: str, process: subprocess.Popen[str]) -> None:
+    """Wait until the service answers /health, or raise if it exits or stalls."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited early with {process.returncode}")
+        try:
+            httpx.get(f"{base_url}/health", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("serve did not answer within 20 seconds")
 
 
 @dataclass(frozen=True)
@@ -70,6 +179,21 @@ def new_roles(database: str) -> Roles:
         owner=f"{database}_owner",
         app=f"{database}_app",
         password=secrets.token_urlsafe(16),
+    )
+
+
+def service_database(server, name: str, roles: Roles) -> ServiceDatabase:
+    """Describe a database of the test cluster with the deployment's two roles."""
+    return ServiceDatabase(
+        name=name,
+        owner=roles.owner,
+        app_role=roles.app,
+        owner_dsn=server.dsn(name, roles.owner, roles.password),
+        app_dsn=server.dsn(name, roles.app, roles.password),
+        app_url=(
+            f"postgresql://{roles.app}:{roles.password}"
+            f"@{server.host}:{server.port}/{name}"
+        ),
     )
 
 

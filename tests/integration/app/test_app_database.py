@@ -19,7 +19,7 @@ def tables(dsn: str) -> dict[str, str]:
     return dict(rows)
 
 
-def test_migrations_create_both_tables_owned_by_the_owner(
+def test_migrations_create_every_table_owned_by_the_owner(
     migrated_db: ServiceDatabase,
 ) -> None:
     """Verify the owner role, not the service's, owns every table."""
@@ -29,6 +29,8 @@ def test_migrations_create_both_tables_owned_by_the_owner(
         "schema_migrations": migrated_db.owner,
         "user_reading_preferences": migrated_db.owner,
         "reading_history": migrated_db.owner,
+        "api_tokens": migrated_db.owner,
+        "audit_log": migrated_db.owner,
     }
 
 
@@ -56,6 +58,9 @@ def test_recorded_history_matches_the_packaged_files(
         "DROP TABLE reading_history",
         "TRUNCATE reading_history",
         "CREATE INDEX sneaky_idx ON reading_history (feed_id)",
+        "DROP TABLE api_tokens",
+        "ALTER TABLE audit_log DROP CONSTRAINT audit_log_action_known",
+        "TRUNCATE audit_log",
     ],
 )
 def test_service_role_cannot_change_the_schema(
@@ -77,6 +82,15 @@ def test_service_role_may_read_and_write_rows(migrated_db: ServiceDatabase) -> N
         )
         conn.execute("UPDATE user_reading_preferences SET retention_days = 5")
         conn.execute("DELETE FROM reading_history")
+        conn.execute(
+            "INSERT INTO api_tokens (user_id, name, token_sha256) "
+            "VALUES (1, 'app', sha256('x'))"
+        )
+        conn.execute("UPDATE api_tokens SET last_used_at = now()")
+        conn.execute(
+            "INSERT INTO audit_log (user_id, action) VALUES (1, 'history_deleted')"
+        )
+        conn.execute("SELECT count(*) FROM audit_log")
         version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
 
     assert version == (expected_version(),)
@@ -88,12 +102,12 @@ def test_down_migrations_undo_everything_and_up_again_works(
     """Verify every down file undoes its up file, so a release can be rolled back."""
     reverted = revert_migrations(migrated_db.owner_dsn, down_to=0)
 
-    assert reverted == [2, 1]
+    assert reverted == [4, 3, 2, 1]
     assert set(tables(migrated_db.owner_dsn)) == {"schema_migrations"}
 
     with psycopg.connect(migrated_db.owner_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM schema_migrations")
-    assert apply_migrations(migrated_db.owner_dsn) == [1, 2]
+    assert apply_migrations(migrated_db.owner_dsn) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
@@ -112,6 +126,17 @@ def test_down_migrations_undo_everything_and_up_again_works(
         "duration_seconds) VALUES (1, 1, 1, now(), -1)",
         "INSERT INTO reading_history (user_id, article_id, feed_id, read_at, "
         "category) VALUES (1, 1, 1, now(), '')",
+        "INSERT INTO api_tokens (user_id, name, token_sha256) "
+        "VALUES (1, 'short', '\\x00')",
+        "INSERT INTO api_tokens (user_id, name, token_sha256) "
+        "VALUES (1, '', sha256('x'))",
+        "INSERT INTO api_tokens (user_id, name, token_sha256) "
+        "VALUES (0, 'app', sha256('x'))",
+        "INSERT INTO api_tokens (user_id, name, token_sha256) "
+        "VALUES (1, 'a', sha256('x')), (2, 'b', sha256('x'))",
+        "INSERT INTO audit_log (user_id, action) VALUES (1, 'looked_around')",
+        "INSERT INTO audit_log (user_id, action, details) "
+        "VALUES (1, 'history_deleted', '[1]')",
     ],
 )
 def test_constraints_refuse_bad_rows(
@@ -151,3 +176,19 @@ def test_listing_index_matches_the_listing_order(
 
     assert definition is not None
     assert "(user_id, read_at DESC, id DESC)" in definition[0]
+
+
+def test_a_user_has_one_live_token_per_name(owner_conn: psycopg.Connection) -> None:
+    """Verify a name is unique among live tokens, and free again once revoked."""
+    insert = (
+        "INSERT INTO api_tokens (user_id, name, token_sha256) "
+        "VALUES (%s, 'phone', sha256(%s))"
+    )
+    owner_conn.execute(insert, (1, b"first"))
+    owner_conn.execute(insert, (2, b"other user"))
+
+    with pytest.raises(errors.UniqueViolation):
+        owner_conn.execute(insert, (1, b"second"))
+
+    owner_conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_id = 1")
+    owner_conn.execute(insert, (1, b"third"))

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg import errors
+from psycopg.rows import dict_row
 
-from reading_history.crud import JSON_EXPORT_BATCH_SIZE
+from reading_history.copyout import copy_out_blocks
+from reading_history.crud import EXPORT_BLOCK_BYTES
 from reading_history.schemas import EXPORT_COLUMNS
+
+from rh_support import ServiceDatabase, bearer, make_token
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 # Every character CSV must quote: comma, quote, both newlines, and non-ASCII.
@@ -63,19 +71,55 @@ def test_json_export_is_the_whole_history_newest_first(client: TestClient) -> No
     assert list(response.json()[0]) == list(EXPORT_COLUMNS)
 
 
-def test_json_export_streams_across_batches(
-    client: TestClient, owner_conn: psycopg.Connection
+@pytest.mark.parametrize("export_format", ["json", "csv"])
+def test_export_streams_across_blocks(
+    client: TestClient, owner_conn: psycopg.Connection, export_format: str
 ) -> None:
-    """Ensure reads beyond one server-side batch are all exported, once, in order."""
-    count = JSON_EXPORT_BATCH_SIZE * 2 + 7
+    """Ensure reads beyond one sent block are all exported, once, in order."""
+    # Well over three blocks: each read takes more than 80 bytes either way.
+    count = EXPORT_BLOCK_BYTES * 3 // 80 + 7
     bulk_insert(owner_conn, 1, count)
 
-    with client.stream("GET", export_url(1), params={"format": "json"}) as response:
-        chunks = list(response.iter_bytes())
+    with client.stream(
+        "GET", export_url(1), params={"format": export_format}
+    ) as response:
+        body = b"".join(response.iter_bytes())
 
-    entries = json.loads(b"".join(chunks))
-    assert len(entries) == count
-    assert [entry["article_id"] for entry in entries] == list(range(1, count + 1))
+    if export_format == "json":
+        article_ids = [entry["article_id"] for entry in json.loads(body)]
+    else:
+        rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+        article_ids = [int(row["article_id"]) for row in rows]
+    assert article_ids == list(range(1, count + 1))
+
+
+@pytest.mark.parametrize(
+    "category",
+    [
+        "C:\\path\\to",
+        "ends with a backslash \\",
+        "\\n is not a newline",
+        "tab\there",
+        "bell\x07 and escape\x1b",
+        "the \x01 and \x02 JSON rows are copied with",
+        "line\u2028separator",
+        "emoji \U0001f4f0 ünï",
+    ],
+)
+@pytest.mark.parametrize("export_format", ["json", "csv"])
+def test_export_keeps_every_character_of_a_category(
+    client: TestClient, category: str, export_format: str
+) -> None:
+    """Ensure escapes in what PostgreSQL sends are undone exactly, in both formats."""
+    record(client, article_id=1, category=category)
+
+    response = client.get(export_url(1), params={"format": export_format})
+
+    if export_format == "json":
+        [entry] = response.json()
+    else:
+        [entry] = csv.DictReader(io.StringIO(response.text, newline=""))
+    assert entry["category"] == category
 
 
 def test_csv_export_has_a_stable_header_and_quotes_awkward_text(
@@ -183,3 +227,63 @@ def test_unknown_export_format_is_422(client: TestClient, export_format: str) ->
     response = client.get(export_url(1), params={"format": export_format})
 
     assert response.status_code == 422
+
+
+async def collect_copy(dsn: str, statement: str) -> tuple[list[bytes], BaseException]:
+    """Run a COPY that fails; return what it yielded and its error.
+
+    The connection must still answer a query afterwards.
+    """
+    blocks: list[bytes] = []
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, row_factory=dict_row
+    ) as conn:
+        try:
+            async for block in copy_out_blocks(
+                conn=conn, statement=statement.encode(), block_bytes=1
+            ):
+                blocks.append(block)
+        except psycopg.Error as error:
+            caught: BaseException = error
+        else:
+            raise AssertionError("the COPY did not fail")
+        cursor = await conn.execute("SELECT 42 AS answer")
+        assert await cursor.fetchone() == {"answer": 42}
+    return blocks, caught
+
+
+@pytest.mark.parametrize(
+    ("statement", "rows_before_the_error"),
+    [
+        ("COPY (SELECT * FROM no_such_table) TO STDOUT", 0),
+        ("COPY (SELECT 10 / (3 - n) FROM generate_series(1, 5) AS n) TO STDOUT", 2),
+    ],
+)
+def test_a_failing_copy_raises_its_error_and_frees_the_connection(
+    migrated_db: ServiceDatabase, statement: str, rows_before_the_error: int
+) -> None:
+    """Ensure a COPY failing early or midway raises, and leaves its connection idle."""
+    blocks, error = asyncio.run(collect_copy(migrated_db.app_dsn, statement))
+
+    assert len(blocks) == rows_before_the_error
+    assert isinstance(error, (errors.UndefinedTable, errors.DivisionByZero))
+
+
+def test_exports_cut_short_by_clients_do_not_wear_out_the_pool(
+    served: tuple[str, subprocess.Popen],
+    migrated_db: ServiceDatabase,
+    owner_conn: psycopg.Connection,
+) -> None:
+    """Ensure downloads abandoned midway leave the service answering as before."""
+    bulk_insert(owner_conn, 1, 20_000)
+    token = make_token(migrated_db.app_dsn, 1).token
+    url = f"{served[0]}{export_url(1)}"
+
+    with httpx.Client(headers=bearer(token), timeout=10) as user_client:
+        for _ in range(12):
+            with user_client.stream("GET", url, params={"format": "csv"}) as response:
+                next(response.iter_bytes())
+        whole = user_client.get(url, params={"format": "json"})
+
+    assert whole.status_code == 200
+    assert len(whole.json()) == 20_000

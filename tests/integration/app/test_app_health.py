@@ -17,7 +17,9 @@ from reading_history.migrations import expected_version
 from rh_support import (
     ServiceDatabase,
     apply_migrations,
+    bearer,
     make_settings,
+    make_token,
     record_migration_row,
 )
 
@@ -182,13 +184,14 @@ def test_routes_answer_503_not_500_when_database_is_gone(
 ) -> None:
     """Ensure a database that refuses new connections is reported as unavailable."""
     monkeypatch.setattr("reading_history.core.db.POOL_TIMEOUT", 1.0)
+    token = make_token(migrated_db.app_dsn, 1).token
 
     with running_service(migrated_db.app_url) as test_client:
         with psycopg.connect(pg_server.superuser_dsn, autocommit=True) as conn:
             conn.execute(f'ALTER ROLE "{migrated_db.app_role}" NOLOGIN')
         terminate_service_connections(pg_server, migrated_db.app_role)
 
-        response = test_client.get("/api/v1/users/1/preferences")
+        response = test_client.get("/api/v1/users/1/preferences", headers=bearer(token))
 
     assert response.status_code == 503
     assert response.json() == {"detail": "Database unavailable"}

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reading_history.core.logs import JsonFormatter
 from reading_history.main import create_app
+from reading_history.migrations import expected_version
 
-from rh_support import Roles, ServiceDatabase, make_settings
+from rh_support import Roles, ServiceDatabase, bearer, make_settings, make_token
 
-APP_SOURCE = Path(__file__).resolve().parents[3] / "app" / "src"
 HISTORY_ROUTE = "/api/v1/users/{user_id}/history"
 PREFERENCES_ROUTE = "/api/v1/users/{user_id}/preferences"
 
@@ -136,15 +130,16 @@ def test_request_id_is_returned_and_kept_from_the_caller(client: TestClient) -> 
 
 
 def test_each_request_is_logged_once_without_secrets(
-    client: TestClient, caplog: pytest.LogCaptureFixture
+    client: TestClient, migrated_db: ServiceDatabase, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ensure one log line per request names its id and route, and no token."""
+    token = make_token(migrated_db.app_dsn, 5).token
     caplog.set_level(logging.INFO, logger="reading_history.requests")
 
     response = client.get(
         "/api/v1/users/5/history",
         params={"limit": 5},
-        headers={"Authorization": "Bearer tok-SECRET-123", "X-Request-ID": "req-42"},
+        headers=bearer(token) | {"X-Request-ID": "req-42"},
     )
 
     records = [r for r in caplog.records if r.name == "reading_history.requests"]
@@ -155,7 +150,7 @@ def test_each_request_is_logged_once_without_secrets(
     assert line["route"] == HISTORY_ROUTE
     assert line["status"] == 200
     assert line["method"] == "GET"
-    assert "tok-SECRET-123" not in json.dumps(line)
+    assert token not in json.dumps(line)
 
 
 def test_startup_log_names_the_database_but_not_its_password(
@@ -171,54 +166,7 @@ def test_startup_log_names_the_database_but_not_its_password(
     line = JsonFormatter().format(starting)
     assert db_roles.password not in line
     assert migrated_db.app_role in line
-    assert json.loads(line)["expected_schema_version"] == 2
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def served(migrated_db: ServiceDatabase) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run `reading-history serve` as a process, the way the deployment starts it."""
-    port = unused_port()
-    environment = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(APP_SOURCE),
-        "READING_HISTORY_DATABASE_URL": migrated_db.app_url,
-        "READING_HISTORY_PORT": str(port),
-        "READING_HISTORY_RELEASE": "served-test",
-        "READING_HISTORY_ENVIRONMENT": "lab",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reading_history", "serve"],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(base_url, process)
-        yield base_url, process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def wait_until_up(base_url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve exited early: {process.stderr.read()}")
-        try:
-            httpx.get(f"{base_url}/health", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail("serve did not answer within 20 seconds")
+    assert json.loads(line)["expected_schema_version"] == expected_version()
 
 
 def test_serve_answers_over_http_and_logs_json_lines(
@@ -238,3 +186,40 @@ def test_serve_answers_over_http_and_logs_json_lines(
     requests = [line for line in lines if line["logger"] == "reading_history.requests"]
     assert health.headers["x-request-id"] in {line["request_id"] for line in requests}
     assert db_roles.password not in stderr
+
+
+def test_served_logs_hold_no_token_password_or_personal_words(
+    served: tuple[str, subprocess.Popen], migrated_db: ServiceDatabase, db_roles: Roles
+) -> None:
+    """Ensure what a user sends or reads, and how they sign in, stays out of logs."""
+    base_url, process = served
+    token = make_token(migrated_db.app_dsn, 3).token
+    forged = "rh_" + "A" * 43
+    private_words = ["Fertility Clinic Reviews", "a note to myself about Sam"]
+    history = f"{base_url}/api/v1/users/3/history"
+
+    with httpx.Client(headers=bearer(token), timeout=5) as user_client:
+        user_client.post(
+            history,
+            json={"article_id": 1, "feed_id": 1, "category": private_words[0]},
+        )
+        user_client.post(
+            history, json={"article_id": 2, "feed_id": 1, "notes": private_words[1]}
+        )
+        user_client.get(history, params={"category": private_words[0]})
+        user_client.get(f"{history}/export", params={"format": "csv"})
+        user_client.get(f"{base_url}/api/v1/users/4/preferences")
+    httpx.get(history, headers=bearer(forged), timeout=5)
+    process.terminate()
+    _, stderr = process.communicate(timeout=10)
+
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    user_requests = [
+        line
+        for line in lines
+        if line["logger"] == "reading_history.requests"
+        and line["path"].startswith("/api/v1/users/")
+    ]
+    assert [line["status"] for line in user_requests] == [201, 422, 200, 200, 404, 401]
+    for secret in (token, forged, db_roles.password, *private_words):
+        assert secret not in stderr

@@ -176,3 +176,67 @@ def test_preferences_of_an_impossible_user_are_422(client: TestClient) -> None:
     """Ensure a user id outside bigint is refused, not sent to the database."""
     assert client.get(preferences_url(2**63)).status_code == 422
     assert client.put("/api/v1/users/0/preferences", json={}).status_code == 422
+
+
+def stored_articles(owner_conn: psycopg.Connection, user_id: int = 3) -> list[int]:
+    rows = owner_conn.execute(
+        "SELECT article_id FROM reading_history WHERE user_id = %s ORDER BY id",
+        (user_id,),
+    ).fetchall()
+    return [article_id for (article_id,) in rows]
+
+
+def record_reads(client: TestClient, *article_ids: int, user_id: int = 3) -> None:
+    for article_id in article_ids:
+        response = client.post(
+            f"/api/v1/users/{user_id}/history",
+            json={"article_id": article_id, "feed_id": 1},
+        )
+        assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_turning_tracking_off_keeps_what_was_stored(
+    client: TestClient, owner_conn: psycopg.Connection, method: str
+) -> None:
+    """Ensure tracking off stops new reads but deletes none already stored."""
+    record_reads(client, 1, 2)
+
+    response = getattr(client, method)(
+        preferences_url(3), json={"tracking_enabled": False}
+    )
+    declined = client.post(
+        "/api/v1/users/3/history", json={"article_id": 3, "feed_id": 1}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["tracking_enabled"] is False
+    assert declined.status_code == 202
+    assert stored_articles(owner_conn) == [1, 2]
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_delete_history_with_the_change_forgets_every_read(
+    client: TestClient, owner_conn: psycopg.Connection, method: str
+) -> None:
+    """Verify a change that asks for it forgets the user's reads, and only theirs."""
+    record_reads(client, 1, 2)
+    record_reads(client, 9, user_id=4)
+
+    response = getattr(client, method)(
+        preferences_url(3), json={"tracking_enabled": False, "delete_history": True}
+    )
+
+    assert response.status_code == 200
+    assert "delete_history" not in response.json()
+    assert response.json()["tracking_enabled"] is False
+    assert stored_articles(owner_conn) == []
+    assert stored_articles(owner_conn, user_id=4) == [9]
+
+
+@pytest.mark.parametrize("value", [None, "yes", 1])
+def test_delete_history_must_be_a_boolean(client: TestClient, value: object) -> None:
+    """Ensure only an explicit true or false can ask for the history to go."""
+    response = client.patch(preferences_url(3), json={"delete_history": value})
+
+    assert response.status_code == 422

@@ -93,10 +93,10 @@ def test_wheel_is_reproducible(wheel: Path, tmp_path: Path) -> None:
     assert hashlib.sha256(again.read_bytes()).hexdigest() == digest
 
 
-def test_installed_wheel_reports_its_schema_version(
+def test_installed_wheel_reports_its_schema_version_and_commands(
     wheel: Path, tmp_path: Path
 ) -> None:
-    """Verify the installed command finds its packaged migrations, away from source."""
+    """Verify the installed command finds its migrations, and offers every command."""
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
     python = environment / "bin" / "python"
@@ -116,3 +116,12 @@ def test_installed_wheel_reports_its_schema_version(
     )
 
     assert result.stdout == f"{expected_version()}\n"
+    commands = subprocess.run(
+        [str(environment / "bin" / "reading-history"), "--help"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for command in ("serve", "purge-expired", "tokens"):
+        assert command in commands.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from reading_history import cli
+from reading_history.main import create_served_app
 from reading_history.migrations import expected_version
 
 APP_SOURCE = Path(__file__).resolve().parents[3] / "app" / "src"
@@ -65,13 +66,20 @@ def test_serve_listens_where_the_settings_say(
     monkeypatch.setenv("READING_HISTORY_DATABASE_URL", "postgresql://u:pw@db/x")
     monkeypatch.setenv("READING_HISTORY_HOST", "0.0.0.0")
     monkeypatch.setenv("READING_HISTORY_PORT", "8765")
-    monkeypatch.setattr("uvicorn.run", lambda app, **options: calls.append(options))
+    monkeypatch.setenv("READING_HISTORY_WORKERS", "3")
+    monkeypatch.setattr(
+        "uvicorn.run", lambda app, **options: calls.append({"app": app, **options})
+    )
     monkeypatch.setattr("reading_history.core.logs.configure_logging", print)
 
     assert cli.main(["serve"]) == 0
 
     assert calls[0]["host"] == "0.0.0.0"
     assert calls[0]["port"] == 8765
+    # Each worker process builds its own application from the same settings.
+    assert calls[0]["workers"] == 3
+    assert calls[0]["app"] == "reading_history.main:create_served_app"
+    assert calls[0]["factory"] is True
     # Requests are logged by the service itself, as JSON.
     assert calls[0]["access_log"] is False
 
@@ -83,3 +91,53 @@ def test_a_subcommand_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert caught.value.code == 2
     assert "serve" in capsys.readouterr().err
+
+
+def test_the_application_factory_builds_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verify what each `serve` worker runs reads the same settings as `serve`."""
+    monkeypatch.setenv("READING_HISTORY_DATABASE_URL", "postgresql://u:pw@db/x")
+    monkeypatch.setenv("READING_HISTORY_RELEASE", "2024.05.01-3")
+    monkeypatch.setattr("reading_history.main.configure_logging", lambda level: None)
+
+    app = create_served_app()
+
+    assert app.state.settings.release == "2024.05.01-3"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["tokens"],
+        ["tokens", "create", "--name", "phone"],
+        ["tokens", "create", "--user-id", "1", "--name", "x" * 101],
+        ["tokens", "revoke", "--user-id", "1"],
+        ["tokens", "list", "--user-id", "0"],
+        ["purge-expired", "--batch-size", "0"],
+    ],
+)
+def test_bad_arguments_are_refused_before_connecting(
+    arguments: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ensure a mistyped command exits 2 without touching the database."""
+    monkeypatch.setattr(cli, "run_with_database", pytest.fail)
+
+    with pytest.raises(SystemExit) as caught:
+        cli.main(arguments)
+
+    assert caught.value.code == 2
+
+
+@pytest.mark.parametrize("arguments", [["tokens", "list"], ["purge-expired"]])
+def test_database_commands_need_valid_settings(
+    arguments: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ensure commands that connect refuse to start on bad settings, and say why."""
+    monkeypatch.delenv("READING_HISTORY_DATABASE_URL", raising=False)
+
+    assert cli.main(arguments) == 2
+
+    assert "READING_HISTORY_DATABASE_URL is required" in capsys.readouterr().err

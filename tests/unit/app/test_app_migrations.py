@@ -126,16 +126,18 @@ def test_expected_version_is_the_highest_packaged_migration() -> None:
     """Verify the build expects the schema its last migration file leads to."""
     highest = max(int(path.name[:4]) for path in PACKAGED.glob("*.up.sql"))
 
-    assert expected_version() == highest == 2
+    assert expected_version() == highest == 4
 
 
-def test_packaged_migrations_create_the_two_tables_with_undo_files() -> None:
+def test_packaged_migrations_create_the_four_tables_with_undo_files() -> None:
     """Verify each packaged migration can be undone and they run in transactions."""
     migrations = load_migrations()
 
     assert [(m.version, m.name) for m in migrations] == [
         (1, "create_user_reading_preferences"),
         (2, "create_reading_history"),
+        (3, "create_api_tokens"),
+        (4, "create_audit_log"),
     ]
     assert all(m.down_sql for m in migrations)
     assert all(m.transactional for m in migrations)

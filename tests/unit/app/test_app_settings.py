@@ -208,3 +208,147 @@ def test_printing_settings_hides_the_password() -> None:
 def test_redacted_url_keeps_all_but_the_password(url: str, expected: str) -> None:
     """Verify the logged URL still says where the service connects, not how."""
     assert redact_database_url(url) == expected
+
+
+def test_new_settings_have_safe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify CORS is off, docs are hidden and one worker serves, unless configured."""
+    monkeypatch.setenv("READING_HISTORY_DATABASE_URL", GOOD_URL)
+
+    settings = load_settings()
+
+    assert settings.cors_origin_list == []
+    assert settings.api_docs_enabled is False
+    assert settings.workers == 1
+    assert (settings.rate_limit_per_minute, settings.rate_limit_burst) == (600, 100)
+
+
+def test_operational_settings_are_read_from_their_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verify each new variable reaches its setting."""
+    variables = {
+        "DATABASE_URL": GOOD_URL,
+        "WORKERS": "4",
+        "CORS_ORIGINS": "https://reader.example, http://localhost:3000",
+        "RATE_LIMIT_PER_MINUTE": "120",
+        "RATE_LIMIT_BURST": "20",
+        "EXPOSE_API_DOCS": "true",
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(f"READING_HISTORY_{name}", value)
+
+    settings = load_settings()
+
+    assert settings.workers == 4
+    assert settings.cors_origin_list == [
+        "https://reader.example",
+        "http://localhost:3000",
+    ]
+    assert (settings.rate_limit_per_minute, settings.rate_limit_burst) == (120, 20)
+    assert settings.api_docs_enabled is True
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [("production", False), ("staging", False), ("lab", True), ("development", True)],
+)
+def test_api_docs_follow_the_environment_by_default(
+    environment: str, expected: bool
+) -> None:
+    """Verify debugging aids are on only outside production and staging."""
+    settings = Settings(database_url=GOOD_URL, environment=environment)
+
+    assert settings.api_docs_enabled is expected
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "*",
+        "reader.example",
+        "https://reader.example/",
+        "https://reader.example/app",
+        "ftp://reader.example",
+        "https://reader.example:99999",
+        "https://ok.example,https://user@bad.example",
+    ],
+)
+def test_a_cors_origin_that_is_not_an_origin_is_refused(
+    monkeypatch: pytest.MonkeyPatch, origins: str
+) -> None:
+    """Ensure wildcards, paths and typos in CORS origins stop the start."""
+    message = settings_error(monkeypatch, DATABASE_URL=GOOD_URL, CORS_ORIGINS=origins)
+
+    assert "READING_HISTORY_CORS_ORIGINS" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKERS", "0"),
+        ("RATE_LIMIT_PER_MINUTE", "0"),
+        ("RATE_LIMIT_BURST", "-1"),
+        ("EXPOSE_API_DOCS", "maybe"),
+    ],
+)
+def test_invalid_operational_value_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """Ensure an impossible worker count, limit or switch names its variable."""
+    message = settings_error(monkeypatch, DATABASE_URL=GOOD_URL, **{name: value})
+
+    assert f"READING_HISTORY_{name}" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://reader@db/rh", "has no password"),
+        ("postgresql://reader:@db/rh", "has no password"),
+        ("postgresql://reader:changeme@db/rh", "placeholder"),
+        ("postgresql://reader:CHANGE-ME@db/rh", "placeholder"),
+        ("postgresql://reader:password@db/rh", "placeholder"),
+        ("postgresql://reader:Password123@db/rh", "placeholder"),
+        ("postgresql://reader:example-secret@db/rh", "placeholder"),
+        ("postgresql://reader:secret@db/rh", "placeholder"),
+        ("postgresql://reader:***@db/rh", "placeholder"),
+        ("postgresql://reader:123456@db/rh", "placeholder"),
+        ("postgresql://reader@db/rh?password=changeme", "placeholder"),
+    ],
+)
+@pytest.mark.parametrize("environment", ["production", "staging"])
+def test_a_missing_or_placeholder_password_stops_production(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str, environment: str
+) -> None:
+    """Ensure production and staging never start with a stand-in secret."""
+    message = settings_error(monkeypatch, DATABASE_URL=url, ENVIRONMENT=environment)
+
+    assert "READING_HISTORY_DATABASE_URL" in message
+    assert problem in message
+    assert environment in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://reader:changeme@db/rh",
+        "postgresql://reader@db/rh",
+    ],
+)
+def test_placeholders_are_allowed_in_the_lab(url: str) -> None:
+    """Verify throwaway environments may use throwaway passwords."""
+    for environment in ("lab", "development"):
+        assert Settings(database_url=url, environment=environment).port == 8000
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        GOOD_URL,
+        "postgresql:///reading_history?host=/run/postgresql",
+        "postgresql://reader:correct-horse-battery-staple@db/rh",
+    ],
+)
+def test_real_passwords_and_socket_logins_pass_in_production(url: str) -> None:
+    """Verify the check refuses stand-ins only, and peer logins over a socket pass."""
+    assert Settings(database_url=url, environment="production").database_url

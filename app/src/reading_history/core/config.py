@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -22,9 +23,37 @@ ENV_PREFIX = "READING_HISTORY_"
 API_V1_PREFIX = "/api/v1"
 
 DATABASE_URL_SCHEMES = frozenset({"postgresql", "postgres"})
+CORS_ORIGIN_SCHEMES = frozenset({"http", "https"})
 
 Environment = Literal["production", "staging", "lab", "development"]
+# Where a real secret is required and debugging aids are off unless asked for.
+GUARDED_ENVIRONMENTS = frozenset({"production", "staging"})
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+# Passwords that only ever stand in for a real one: compared lower-case with
+# anything but letters and digits removed, and with trailing digits ignored.
+PLACEHOLDER_PASSWORDS = frozenset(
+    {
+        "admin",
+        "changeme",
+        "changethis",
+        "default",
+        "dummy",
+        "example",
+        "insecure",
+        "pass",
+        "passw0rd",
+        "passwd",
+        "password",
+        "placeholder",
+        "postgres",
+        "secret",
+        "test",
+        "todo",
+        "xxx",
+    }
+)
+PLACEHOLDER_PREFIXES = ("changeme", "example", "placeholder", "replaceme")
 
 
 class SettingsError(ValueError):
@@ -50,11 +79,28 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(default=1, ge=0, le=100)
     pool_max_size: int = Field(default=10, ge=1, le=100)
     log_level: LogLevel = "INFO"
+    # Processes `serve` starts; each has its own pool and its own rate limits.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Comma-separated origins a browser may call the API from; none by default.
+    cors_origins: str = ""
+    # Requests one token may make per minute in one process, and at once.
+    rate_limit_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    rate_limit_burst: int = Field(default=100, ge=1, le=100_000)
+    # /docs, /redoc and /openapi.json; unset shows them outside production and
+    # staging only.
+    expose_api_docs: bool | None = None
 
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
         check_database_url(value.get_secret_value())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        for origin in split_origins(value):
+            check_cors_origin(origin)
         return value
 
     @field_validator("log_level", mode="before")
@@ -71,10 +117,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_secret_is_real(self) -> Settings:
+        if self.environment not in GUARDED_ENVIRONMENTS:
+            return self
+
+        problem = password_problem(self.database_url.get_secret_value())
+        if problem:
+            raise ValueError(
+                f"{env_name('database_url')} {problem}, which is refused when "
+                f"{env_name('environment')} is {self.environment}"
+            )
+        return self
+
     @property
     def redacted_database_url(self) -> str:
         """Return the database URL with its password hidden, fit for logs."""
         return redact_database_url(self.database_url.get_secret_value())
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return split_origins(self.cors_origins)
+
+    @property
+    def api_docs_enabled(self) -> bool:
+        if self.expose_api_docs is not None:
+            return self.expose_api_docs
+        return self.environment not in GUARDED_ENVIRONMENTS
 
 
 def env_name(field: str) -> str:
@@ -102,6 +171,60 @@ def check_database_url(url: str) -> None:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise ValueError("is not a connection URL that libpq accepts") from None
+
+
+def password_problem(url: str) -> str | None:
+    """Say what is wrong with the URL's password for a real deployment, if anything.
+
+    A URL for a Unix socket may go without one: the server then knows the
+    client by its system account instead.
+    """
+    options = conninfo_to_dict(url)
+    password = options.get("password")
+    if password is None:
+        host = str(options.get("host") or "")
+        if not host or host.startswith("/"):
+            return None
+        return "has no password"
+    if not str(password):
+        return "has an empty password"
+    if is_placeholder(str(password)):
+        return "has a placeholder password"
+    return None
+
+
+def is_placeholder(password: str) -> bool:
+    """Tell whether a password is one that only stands in for a real secret."""
+    plain = re.sub(r"[^a-z0-9]", "", password.casefold())
+    word = plain.rstrip("0123456789")
+    # Nothing left: only symbols ("***") or only digits ("123456").
+    return (
+        not word
+        or word in PLACEHOLDER_PASSWORDS
+        or plain.startswith(PLACEHOLDER_PREFIXES)
+    )
+
+
+def split_origins(value: str) -> list[str]:
+    return [origin.strip() for origin in value.split(",") if origin.strip()]
+
+
+def check_cors_origin(origin: str) -> None:
+    """Raise ValueError unless the origin is scheme://host[:port], nothing more."""
+    parts = urlsplit(origin)
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"has {origin!r}, whose port is not valid") from None
+
+    if parts.scheme not in CORS_ORIGIN_SCHEMES or not parts.hostname:
+        raise ValueError(
+            f"has {origin!r}, which is not an origin such as https://app.example"
+        )
+    if parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError(
+            f"has {origin!r}: an origin has no path, query or user, not even '/'"
+        )
 
 
 def redact_database_url(url: str) -> str:

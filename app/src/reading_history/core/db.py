@@ -31,12 +31,25 @@ def connection_options(database_url: str) -> dict[str, Any]:
         options["application_name"] = APPLICATION_NAME
     if "connect_timeout" not in given:
         options["connect_timeout"] = CONNECT_TIMEOUT
+    # Exports are sent as UTF-8 whatever the database's own encoding.
+    if "client_encoding" not in given:
+        options["client_encoding"] = "UTF8"
     return options
 
 
 async def configure_connection(conn: Connection) -> None:
     """Give every connection UTC, so timestamps read back the same everywhere."""
     await conn.execute("SET TimeZone TO 'UTC'")
+
+
+async def connect(settings: Settings) -> Connection:
+    """Open one connection set up as the pool's are, for the command line."""
+    database_url = settings.database_url.get_secret_value()
+    conn: Connection = await AsyncConnection.connect(
+        database_url, **connection_options(database_url)
+    )
+    await configure_connection(conn)
+    return conn
 
 
 def create_pool(settings: Settings) -> Pool:

@@ -104,6 +104,25 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.authentication_failures = Counter(
+            "authentication_failures",
+            "Requests refused for a missing, unknown or revoked token, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "rate_limited_requests",
+            "Requests refused because their token was over its rate limit.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.foreign_user_refusals = Counter(
+            "foreign_user_refusals",
+            "Requests refused because their token belongs to another user.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
 
     def observe_request(
         self, *, method: str, route: str, status: int, seconds: float

@@ -1,4 +1,4 @@
-"""Request ids, one JSON log line per request, and request metrics.
+"""Request ids, one JSON log line per request, request metrics, and 500 answers.
 
 Written as plain ASGI rather than on BaseHTTPMiddleware, so that streamed
 exports are timed until their last byte and are not buffered on the way.
@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +24,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 request_logger = logging.getLogger("reading_history.requests")
+error_logger = logging.getLogger("reading_history")
 
 
 def request_id_for(scope: Scope) -> str:
@@ -39,10 +42,36 @@ def route_template(scope: Scope) -> str:
     """
     route = scope.get("route")
     if isinstance(route, BaseRoute):
-        template = getattr(route, "path", None)
+        # path_format leaves out convertors: {entry_id}, not {entry_id:int}.
+        template = getattr(route, "path_format", None)
         if isinstance(template, str):
             return template
     return UNMATCHED_ROUTE
+
+
+def log_unexpected_error(error: Exception, request_id: str) -> None:
+    """Log where a request failed, with the error's type but not its message.
+
+    Messages can quote data: PostgreSQL's repeat the row that broke a
+    constraint, with what the user read in it. The stack names code only.
+    """
+    error_logger.error(
+        "unexpected error",
+        extra={
+            "request_id": request_id,
+            "error": type(error).__name__,
+            "sqlstate": getattr(error, "sqlstate", None),
+            "stack": "".join(traceback.format_tb(error.__traceback__)),
+        },
+    )
+
+
+def internal_error(request_id: str) -> JSONResponse:
+    """Return the answer to a failed request: its id, never a traceback."""
+    return JSONResponse(
+        {"detail": "Internal Server Error", "request_id": request_id},
+        status_code=500,
+    )
 
 
 class RequestObservabilityMiddleware:
@@ -62,16 +91,25 @@ class RequestObservabilityMiddleware:
         started = time.perf_counter()
         # Stays 500 if the application fails before it starts a response.
         status = 500
+        response_started = False
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except Exception as error:
+            log_unexpected_error(error, request_id)
+            if response_started:
+                # Too late for a 500: the server drops the connection, told
+                # only which request failed.
+                raise RuntimeError(f"request {request_id} failed midway") from None
+            await internal_error(request_id)(scope, receive, send_with_request_id)
         finally:
             self._record(scope, request_id, status, time.perf_counter() - started)
 

@@ -31,7 +31,13 @@ async def health(settings: SettingsDep) -> HealthPublic:
 @router.get(
     "/db",
     response_model=DatabaseHealthPublic,
-    responses={503: {"model": DatabaseHealthPublic}},
+    responses={
+        503: {
+            "model": DatabaseHealthPublic,
+            "description": "The database is unreachable, or its schema version is "
+            "not the one this build expects.",
+        }
+    },
 )
 async def database_health(pool: PoolDep) -> JSONResponse:
     """Check the database answers and holds the schema version this build expects."""

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import StringConstraints
 
-from reading_history import crud
-from reading_history.api.deps import ConnectionDep, CurrentUserId, MetricsDep
+from reading_history import audit, crud
+from reading_history.api.deps import (
+    ActorDep,
+    ConnectionDep,
+    CurrentUserId,
+    MetricsDep,
+    refuse_repeated_query_parameters,
+)
+from reading_history.api.security import PROTECTED_RESPONSES, ProtectedRoute, not_found
+from reading_history.audit import AuditAction
 from reading_history.core.config import API_V1_PREFIX
 from reading_history.pagination import (
     Cursor,
@@ -19,23 +27,29 @@ from reading_history.pagination import (
     encode_cursor,
 )
 from reading_history.schemas import (
-    BIGINT_MAX,
-    CATEGORY_MAX_LENGTH,
+    ID_MAX,
+    Category,
+    DateTimeText,
     HistoryDeleted,
     HistoryEntryCreate,
     HistoryEntryPublic,
     HistoryPage,
     NotRecorded,
-    check_storable_text,
+    documented_without_null,
 )
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 # Cursors this service makes are well under this; longer ones are refused unread.
 MAX_CURSOR_LENGTH = 200
+PageCursor = Annotated[str, StringConstraints(max_length=MAX_CURSOR_LENGTH)]
 
 router = APIRouter(
-    prefix=f"{API_V1_PREFIX}/users/{{user_id}}/history", tags=["history"]
+    prefix=f"{API_V1_PREFIX}/users/{{user_id}}/history",
+    tags=["history"],
+    route_class=ProtectedRoute,
+    responses=PROTECTED_RESPONSES,
+    dependencies=[Depends(refuse_repeated_query_parameters)],
 )
 
 
@@ -67,23 +81,25 @@ async def list_history(
     user_id: CurrentUserId,
     conn: ConnectionDep,
     since: Annotated[
-        AwareDatetime | None, Query(description="Only reads at or after this instant.")
+        DateTimeText | None,
+        Query(description="Only reads at or after this instant."),
+        documented_without_null(DateTimeText),
     ] = None,
     until: Annotated[
-        AwareDatetime | None, Query(description="Only reads before this instant.")
+        DateTimeText | None,
+        Query(description="Only reads before this instant."),
+        documented_without_null(DateTimeText),
     ] = None,
     category: Annotated[
-        str | None,
-        Query(min_length=1, max_length=CATEGORY_MAX_LENGTH),
-        AfterValidator(check_storable_text),
+        Category | None,
+        Query(description="Only reads of this category, written the same way."),
+        documented_without_null(Category),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
-        str | None,
-        Query(
-            max_length=MAX_CURSOR_LENGTH,
-            description="The next_cursor of the previous page.",
-        ),
+        PageCursor | None,
+        Query(description="The next_cursor of the previous page."),
+        documented_without_null(PageCursor),
     ] = None,
 ) -> HistoryPage:
     """List the user's reads, newest first, one page at a time."""
@@ -128,23 +144,43 @@ def _page(entries: list[HistoryEntryPublic], limit: int) -> HistoryPage:
 
 
 @router.delete(
-    "/{entry_id}",
+    # Only digits name an entry, so /history/export is not taken for one.
+    "/{entry_id:int}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"description": "The user has no such entry."}},
 )
 async def delete_entry(
     user_id: CurrentUserId,
-    entry_id: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
+    entry_id: Annotated[int, Path(ge=1, le=ID_MAX)],
     conn: ConnectionDep,
+    actor: ActorDep,
 ) -> Response:
     """Forget one read."""
-    if not await crud.delete_entry(conn=conn, user_id=user_id, entry_id=entry_id):
-        raise HTTPException(status_code=404, detail="No such history entry")
+    async with conn.transaction():
+        if not await crud.delete_entry(conn=conn, user_id=user_id, entry_id=entry_id):
+            raise not_found()
+        await audit.record(
+            conn=conn,
+            user_id=user_id,
+            action=AuditAction.HISTORY_ENTRY_DELETED,
+            actor=actor,
+            details={"entry_id": entry_id},
+        )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("")
-async def delete_history(user_id: CurrentUserId, conn: ConnectionDep) -> HistoryDeleted:
+async def delete_history(
+    user_id: CurrentUserId, conn: ConnectionDep, actor: ActorDep
+) -> HistoryDeleted:
     """Forget every read of the user; their preferences stay."""
-    deleted = await crud.delete_history(conn=conn, user_id=user_id)
+    async with conn.transaction():
+        deleted = await crud.delete_history(conn=conn, user_id=user_id)
+        await audit.record(
+            conn=conn,
+            user_id=user_id,
+            action=AuditAction.HISTORY_DELETED,
+            actor=actor,
+            details={"deleted": deleted},
+        )
     return HistoryDeleted(deleted=deleted)

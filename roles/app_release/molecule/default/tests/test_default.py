@@ -52,3 +52,15 @@ def test_database_health_sees_the_migrated_schema(host):
     body = json.loads(host.check_output("curl -s http://127.0.0.1:8000/api/v1/health/db"))
     assert body["status"] == "ok"
     assert body["schema_version"]["found"] == body["schema_version"]["expected"]
+
+
+def test_purge_of_expired_history_is_scheduled(host):
+    """Ensure the retention purge runs on a timer, with the release's configuration."""
+    timer = host.service("reading-history-purge.timer")
+    assert timer.is_enabled
+    assert timer.is_running
+
+    run = host.run("systemctl start reading-history-purge.service")
+    assert run.rc == 0, run.stderr
+    journal = host.check_output("journalctl -u reading-history-purge.service -o cat")
+    assert "purged" in journal
