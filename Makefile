@@ -12,7 +12,7 @@ export CONTAINERS_CONF := $(CURDIR)/.lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lab lab-down provision deploy backup migrate verify rollback test
+.PHONY: setup lab lab-down provision deploy backup migrate verify rollback restore test
 
 setup:
 	tools/setup
@@ -32,6 +32,11 @@ deploy: provision
 
 backup migrate verify rollback: $(PREPARE)
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/$@.yml
+
+# Replaces the database with its newest verified backup: it asks for the database's
+# name as confirmation, e.g. make restore CONFIRM=reading_history.
+restore: $(PREPARE)
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/restore.yml -e db_restore_confirm=$(CONFIRM)
 
 test: setup
 	tools/run-tests

@@ -1,7 +1,9 @@
 """Integration tests of pg_backup against a real PostgreSQL and its client programs.
 
 The module runs in a child Python as Ansible would. Its dumps are checked apart from
-the module: restored into a fresh database with pg_restore and counted again.
+the module: restored into a fresh database with pg_restore and counted again. Faults
+are made for real: wrappers around pg_dump that damage what it wrote, a role without
+CREATEDB, and tiny tmpfs file systems for a full or read-only backup folder.
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from backup_support import (
+    SEEDED_ROWS,
+    ServiceDatabase,
+    documented_directory_checksum,
+    fake_client,
+    scratch_databases,
+    service_database,
+    tmpfs,
+)
 from module_harness import run_module_process
 from pg_backup import verify_dump
-from pgserver import SUPERUSER_PASSWORD, PostgresServer
+from pgserver import SUPERUSER, SUPERUSER_PASSWORD, PostgresServer
 
 
 @pytest.fixture
@@ -43,13 +54,6 @@ def backup_dir(tmp_path: Path) -> Path:
 def backup(db_args: dict, folder: Path, check_mode: bool = False, **options):
     args = {**db_args, "backup_dir": str(folder), **options}
     return run_module_process("pg_backup", args, check_mode=check_mode)
-
-
-def fake_client(folder: Path, name: str, script: str) -> Path:
-    program = folder / name
-    program.write_text(f"#!/bin/sh\n{script}\n")
-    program.chmod(0o755)
-    return program
 
 
 def restored_counts(pg_server: PostgresServer, dump: Path) -> dict[str, int]:
@@ -107,10 +111,24 @@ class TestBackup:
         assert manifest["database"] == db_args["database"]
         assert manifest["verified"] is True
         assert "public.reading events" in manifest["verification"]["tables_checked"]
+        assert manifest["verification"]["checks"] == [
+            "checksum",
+            "table_of_contents",
+            "test_restore",
+        ]
+        assert manifest["verification"]["restore"]["tables"] == len(seeded)
+        assert manifest["verification"]["restore"]["rows"] == sum(seeded.values())
+        assert manifest["verification"]["restore"]["dropped"] is True
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["finished_at"])
         assert manifest["started_at"] <= manifest["finished_at"]
         assert manifest["pg_dump_version"].split(".")[0] == "15"
+        assert manifest["server_version"].startswith("15.")
+        assert manifest["format"] == "custom"
+        assert manifest["files"] == {
+            dump.name: {"size": manifest["size"], "sha256": manifest["sha256"]}
+        }
         assert restored_counts(pg_server, dump) == seeded
+        assert scratch_databases(pg_server) == []
 
     def test_files_are_private_to_their_owner(
         self, db_args: dict, backup_dir: Path, seeded: dict
@@ -146,7 +164,7 @@ class TestBackup:
         assert Path(result["dest"]).parent == backup_dir
         assert os.listdir(backup_dir) == []
 
-    def test_password_reaches_pg_dump_only_through_the_environment(
+    def test_password_reaches_the_clients_only_through_the_environment(
         self,
         db_args: dict,
         backup_dir: Path,
@@ -154,21 +172,33 @@ class TestBackup:
         pg_server: PostgresServer,
         tmp_path: Path,
     ) -> None:
-        """Ensure pg_dump gets PGPASSWORD and no argument carries the password."""
-        log = tmp_path / "pg_dump.log"
-        wrapper = fake_client(
-            tmp_path,
-            "pg_dump",
-            f'printf "%s\\n" "$*" >> {log}\n'
-            f'[ -n "$PGPASSWORD" ] && echo "PGPASSWORD is set" >> {log}\n'
-            f'exec {pg_server.bindir / "pg_dump"} "$@"',
-        )
+        """Ensure pg_dump and pg_restore get PGPASSWORD and no argument carries it."""
+        log = tmp_path / "clients.log"
+        wrappers = {
+            name: fake_client(
+                tmp_path,
+                name,
+                f'printf "{name} %s\\n" "$*" >> {log}\n'
+                f'[ -n "$PGPASSWORD" ] && echo "{name} has PGPASSWORD" >> {log}\n'
+                f'exec {pg_server.bindir / name} "$@"',
+            )
+            for name in ("pg_dump", "pg_restore")
+        }
 
-        rc, result, stdout = backup(db_args, backup_dir, pg_dump_path=str(wrapper))
+        rc, result, stdout = backup(
+            db_args,
+            backup_dir,
+            pg_dump_path=str(wrappers["pg_dump"]),
+            pg_restore_path=str(wrappers["pg_restore"]),
+        )
 
         assert rc == 0, result
         logged = log.read_text()
-        assert "--format=custom" in logged and "PGPASSWORD is set" in logged
+        assert "--format=custom" in logged and "pg_dump has PGPASSWORD" in logged
+        # The test restore connects with the password too.
+        assert (
+            "--single-transaction" in logged and "pg_restore has PGPASSWORD" in logged
+        )
         assert SUPERUSER_PASSWORD not in logged
         assert SUPERUSER_PASSWORD not in stdout
 
@@ -338,3 +368,259 @@ class TestVerification:
 
         assert "TABLE DATA entry for public.feeds is missing" in result.problems
         assert not any(problem.startswith("TABLE entry") for problem in result.problems)
+
+
+def damaging_pg_dump(folder: Path, pg_server: PostgresServer, damage: str) -> Path:
+    """A pg_dump that dumps for real, then damages the file it wrote with `damage`."""
+    return fake_client(
+        folder,
+        "pg_dump",
+        'for arg; do case "$arg" in --file=*) out="${arg#--file=}";; esac; done\n'
+        f'{pg_server.bindir / "pg_dump"} "$@" || exit $?\n'
+        'case "$1" in --version) exit 0;; esac\n'
+        f"{damage}",
+    )
+
+
+@pytest.fixture
+def bulky(db: psycopg.Connection) -> int:
+    """Add about 6 MB of rows that compress poorly, so a dump outgrows a 2 MB folder."""
+    db.execute("CREATE TABLE noise (id int, digest text)")
+    db.execute(
+        "INSERT INTO noise SELECT n, md5(n::text) || md5((n * 7)::text)"
+        " FROM generate_series(1, 100000) n"
+    )
+    return 100000
+
+
+class TestVerificationByRestore:
+    def test_dump_cut_short_fails_and_leaves_nothing(
+        self,
+        db_args: dict,
+        backup_dir: Path,
+        bulky: int,
+        pg_server: PostgresServer,
+        tmp_path: Path,
+    ) -> None:
+        """Ensure a dump truncated after pg_dump is caught by the test restore."""
+        cut = damaging_pg_dump(
+            tmp_path,
+            pg_server,
+            'truncate -s "$(( $(stat -c %s "$out") * 2 / 3 ))" "$out"',
+        )
+
+        rc, result, _ = backup(db_args, backup_dir, pg_dump_path=str(cut))
+
+        assert rc == 1, result
+        assert "test restore into" in result["msg"]
+        assert "could not read from input file: end of file" in result["msg"]
+        assert result["verification"]["restore"]["dropped"] is True
+        assert os.listdir(backup_dir) == []
+        assert scratch_databases(pg_server) == []
+
+    def test_dump_with_one_byte_changed_fails_and_leaves_nothing(
+        self,
+        db_args: dict,
+        backup_dir: Path,
+        bulky: int,
+        pg_server: PostgresServer,
+        tmp_path: Path,
+    ) -> None:
+        """Verify a single flipped byte inside the data fails the test restore."""
+        flip = damaging_pg_dump(
+            tmp_path,
+            pg_server,
+            'offset=$(( $(stat -c %s "$out") / 2 ))\n'
+            'byte=$(dd if="$out" bs=1 skip=$offset count=1 2>/dev/null | od -An -tu1)\n'
+            'printf "\\\\$(printf %o $(( (byte + 1) % 256 )))" '
+            '| dd of="$out" bs=1 seek=$offset conv=notrunc 2>/dev/null',
+        )
+
+        rc, result, _ = backup(db_args, backup_dir, pg_dump_path=str(flip))
+
+        assert rc == 1, result
+        assert "test restore into" in result["msg"]
+        assert "could not uncompress data" in result["msg"]
+        # The checksum was taken after the damage: only the restore could see it.
+        assert result["verification"]["checksum_matches"] is True
+        assert os.listdir(backup_dir) == []
+        assert scratch_databases(pg_server) == []
+
+    def test_without_test_restore_the_manifest_says_so(
+        self, db_args: dict, backup_dir: Path, seeded: dict, pg_server: PostgresServer
+    ) -> None:
+        """Ensure verify_restore=false records only the checks that ran."""
+        rc, result, _ = backup(db_args, backup_dir, verify_restore=False)
+
+        assert rc == 0, result
+        manifest = json.loads(Path(result["manifest"]).read_text())
+        assert manifest["verified"] is True
+        assert manifest["verification"]["checks"] == ["checksum", "table_of_contents"]
+        assert manifest["verification"]["restore"] is None
+        assert result["scratch_database"] is None
+
+
+class TestDirectoryFormat:
+    def test_parallel_directory_dump_restores_with_its_documented_checksum(
+        self, db_args: dict, backup_dir: Path, seeded: dict, pg_server: PostgresServer
+    ) -> None:
+        """Verify a directory dump by two jobs, its checksum per the documented recipe."""
+        rc, result, _ = backup(db_args, backup_dir, format="directory", jobs=2)
+
+        assert rc == 0, result
+        folder = Path(result["dest"])
+        assert folder.is_dir() and folder.name.endswith(".dir")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        manifest = json.loads(Path(result["manifest"]).read_text())
+        assert manifest["format"] == "directory" and manifest["jobs"] == 2
+        assert manifest["sha256"] == documented_directory_checksum(folder)
+        assert set(manifest["files"]) == set(os.listdir(folder))
+        assert "toc.dat" in manifest["files"]
+        assert manifest["size"] == sum(p.stat().st_size for p in folder.iterdir())
+        assert manifest["verification"]["restore"]["rows"] == sum(seeded.values())
+        assert restored_counts(pg_server, folder) == seeded
+
+    def test_jobs_need_the_directory_format(
+        self, db_args: dict, backup_dir: Path
+    ) -> None:
+        """Ensure a parallel custom dump is refused before anything happens."""
+        rc, result, _ = backup(db_args, backup_dir, jobs=4)
+
+        assert rc == 1
+        assert "jobs=4 needs format=directory" in result["msg"]
+        assert os.listdir(backup_dir) == []
+
+
+class TestChecksBeforeDumping:
+    @pytest.fixture
+    def service(self, pg_server: PostgresServer):
+        with service_database(pg_server) as service:
+            yield service
+
+    def test_role_without_createdb_is_refused_before_dumping(
+        self, service: ServiceDatabase, backup_dir: Path
+    ) -> None:
+        """Ensure a test restore the login role could not make fails before any file."""
+        args = {**service.owner_args(), "backup_dir": str(backup_dir)}
+
+        rc, result, _ = run_module_process("pg_backup", args)
+
+        assert rc == 1
+        assert (
+            f"role '{service.owner}' may not create the scratch database"
+            in result["msg"]
+        )
+        assert os.listdir(backup_dir) == []
+
+    def test_maintenance_role_makes_the_test_restore(
+        self, service: ServiceDatabase, backup_dir: Path, pg_server: PostgresServer
+    ) -> None:
+        """Verify a maintenance role does the test restore of the owner's dump."""
+        args = {
+            **service.owner_args(),
+            "backup_dir": str(backup_dir),
+            "login_db": "postgres",
+            "maintenance_user": SUPERUSER,
+            "maintenance_password": SUPERUSER_PASSWORD,
+        }
+
+        rc, result, stdout = run_module_process("pg_backup", args)
+
+        assert rc == 0, result
+        assert result["tables"] == SEEDED_ROWS
+        assert "test_restore" in result["verification"]["checks"]
+        assert SUPERUSER_PASSWORD not in stdout
+        assert scratch_databases(pg_server) == []
+
+    def test_pg_restore_older_than_pg_dump_is_refused(
+        self, db_args: dict, backup_dir: Path, tmp_path: Path
+    ) -> None:
+        """Ensure a pg_restore that could not read the dump fails before dumping."""
+        old = fake_client(
+            tmp_path, "pg_restore", 'echo "pg_restore (PostgreSQL) 13.16"'
+        )
+
+        rc, result, _ = backup(db_args, backup_dir, pg_restore_path=str(old))
+
+        assert rc == 1
+        assert "pg_restore 13.16" in result["msg"] and "cannot verify" in result["msg"]
+        assert os.listdir(backup_dir) == []
+
+    def test_check_mode_names_the_scratch_database_and_creates_nothing(
+        self, db_args: dict, backup_dir: Path, seeded: dict, pg_server: PostgresServer
+    ) -> None:
+        """Verify check mode says what it would do, with sizes, and touches nothing."""
+        rc, result, _ = backup(db_args, backup_dir, check_mode=True)
+
+        assert rc == 0, result
+        assert result["scratch_database"].startswith(f"{db_args['database']}_verify_")
+        assert "would dump database" in result["msg"]
+        assert result["database_size"] > 0 and result["free_space"] > 0
+        assert os.listdir(backup_dir) == []
+        assert scratch_databases(pg_server) == []
+
+
+class TestSmallFileSystems:
+    def test_too_little_space_for_the_estimate_is_refused_before_dumping(
+        self, db_args: dict, tmp_path: Path, seeded: dict
+    ) -> None:
+        """Ensure a folder smaller than the database times space_factor fails first."""
+        with tmpfs(tmp_path / "small", "2m") as folder:
+            rc, result, _ = backup(db_args, folder)
+
+            assert rc == 1
+            assert "not enough free space" in result["msg"]
+            assert "space_factor 1.0" in result["msg"]
+            assert os.listdir(folder) == []
+
+    def test_full_file_system_during_the_dump_leaves_nothing_half_written(
+        self, db_args: dict, tmp_path: Path, bulky: int
+    ) -> None:
+        """Verify a dump that fills the folder fails clearly and leaves no partial file."""
+        with tmpfs(tmp_path / "full", "2m") as folder:
+            # The estimate is switched off so that pg_dump really runs out of room.
+            rc, result, _ = backup(db_args, folder, space_factor=0)
+
+            assert rc == 1
+            assert (
+                f"pg_dump of database '{db_args['database']}' failed" in result["msg"]
+            )
+            assert "No space left on device" in result["msg"]
+            assert os.listdir(folder) == []
+
+    def test_read_only_folder_is_refused_before_connecting(
+        self, db_args: dict, tmp_path: Path
+    ) -> None:
+        """Ensure a backup folder on a read-only file system is named as not writable."""
+        with tmpfs(tmp_path / "ro", "1m", read_only=True) as folder:
+            rc, result, _ = backup({**db_args, "login_password": "never-used"}, folder)
+
+            assert rc == 1
+            assert f"backup_dir '{folder}' is not writable" in result["msg"]
+
+
+class TestRetentionOfRealBackups:
+    def test_retention_keeps_the_newest_of_two_real_backups(
+        self, db_args: dict, backup_dir: Path, seeded: dict
+    ) -> None:
+        """Verify retention reads pg_backup's own manifests and keeps the newest."""
+        _, first, _ = backup(db_args, backup_dir, verify_restore=False)
+        time.sleep(1.1)
+        _, second, _ = backup(db_args, backup_dir, verify_restore=False)
+
+        rc, result, _ = run_module_process(
+            "pg_backup_retention",
+            {
+                "backup_dir": str(backup_dir),
+                "database": db_args["database"],
+                "keep_last": 1,
+                "keep_days": 0,
+            },
+        )
+
+        assert rc == 0, result
+        assert [item["archive"] for item in result["removed"]] == [first["dest"]]
+        assert result["newest_verified"] == Path(second["dest"]).stem
+        assert sorted(os.listdir(backup_dir)) == sorted(
+            [Path(second["dest"]).name, Path(second["manifest"]).name]
+        )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pg_backup
 import pytest
-from ansible.module_utils import basic
+from ansible.module_utils import basic, pg_dump_tools
 from module_harness import ModuleFail, run_module
 from pg_backup import (
     backup_stem,
@@ -199,7 +199,7 @@ def test_newest_packaged_client_compares_versions_as_numbers(
         folder = tmp_path / version / "bin"
         folder.mkdir(parents=True)
         (folder / "pg_dump").write_text("")
-    monkeypatch.setattr(pg_backup, "CLIENT_ROOT", str(tmp_path))
+    monkeypatch.setattr(pg_dump_tools, "CLIENT_ROOT", str(tmp_path))
 
     assert newest_packaged_client("pg_dump") == str(tmp_path / "15" / "bin" / "pg_dump")
     assert newest_packaged_client("pg_restore") is None
@@ -209,8 +209,8 @@ class FakeCursor:
     def __init__(self, rows: list[tuple]) -> None:
         self.rows = rows
 
-    def fetchone(self) -> tuple:
-        return self.rows[0]
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
 
     def fetchall(self) -> list[tuple]:
         return self.rows
@@ -219,8 +219,9 @@ class FakeCursor:
 class FakeConnection:
     """Answers the few queries pg_backup makes, the way PostgreSQL 15 would."""
 
-    def __init__(self) -> None:
+    def __init__(self, may_create_databases: bool = True) -> None:
         self.queries: list[str] = []
+        self.may_create_databases = may_create_databases
 
     def __enter__(self) -> FakeConnection:
         return self
@@ -233,26 +234,58 @@ class FakeConnection:
 
     def execute(self, query, params=None) -> FakeCursor:
         if isinstance(query, sql.Composable):
-            self.queries.append("count")
-            return FakeCursor([(3,)])
+            text = query.as_string(None) if hasattr(query, "as_string") else str(query)
+            self.queries.append(text)
+            if text.startswith("SELECT count(*)"):
+                return FakeCursor([(3,)])
+            return FakeCursor([])
         self.queries.append(query)
         if "server_version" in query:
             return FakeCursor([("15.4", 150004)])
+        if "pg_database_size" in query:
+            return FakeCursor([(8_000_000,)])
+        if "rolcreatedb" in query:
+            return FakeCursor([(self.may_create_databases,)])
         if "pg_export_snapshot" in query:
             return FakeCursor([("00000003-00000002-1",)])
         if "to_regclass" in query:
             return FakeCursor([(False,)])
         if "pg_class" in query:
-            return FakeCursor([("feeds",)])
+            return FakeCursor([("public", "feeds")])
+        if "FROM pg_database d WHERE" in query:
+            return FakeCursor(
+                [
+                    (
+                        1,
+                        "owner",
+                        "UTF8",
+                        "C.UTF-8",
+                        "C.UTF-8",
+                        "c",
+                        None,
+                        -1,
+                        True,
+                        None,
+                        True,
+                    )
+                ]
+            )
+        if "pg_db_role_setting" in query:
+            return FakeCursor([])
+        if "FROM pg_database WHERE datname" in query:
+            return FakeCursor([])
         raise AssertionError(f"unexpected query {query}")
 
 
 class FakeClients:
     """Plays pg_dump and pg_restore, recording every command and its environment."""
 
-    def __init__(self, pg_dump_version: str = "15.4", dump_rc: int = 0) -> None:
+    def __init__(
+        self, pg_dump_version: str = "15.4", dump_rc: int = 0, restore_rc: int = 0
+    ) -> None:
         self.pg_dump_version = pg_dump_version
         self.dump_rc = dump_rc
+        self.restore_rc = restore_rc
         self.commands: list[list[str]] = []
         self.environments: list[dict] = []
 
@@ -260,12 +293,33 @@ class FakeClients:
         self.commands.append(list(args))
         self.environments.append(dict(environ_update or {}))
         if "--version" in args:
-            return 0, f"pg_dump (PostgreSQL) {self.pg_dump_version}\n", ""
+            program = Path(args[0]).name
+            return 0, f"{program} (PostgreSQL) {self.pg_dump_version}\n", ""
         if "--list" in args:
             return 0, TOC_LISTING, ""
-        target = next(arg.split("=", 1)[1] for arg in args if arg.startswith("--file="))
-        Path(target).write_bytes(b"PGDMP partial" if self.dump_rc else b"PGDMP whole")
+        if any(arg.startswith("--dbname=") for arg in args):
+            if self.restore_rc:
+                return (
+                    self.restore_rc,
+                    "",
+                    "pg_restore: error: could not read from input file: end of file",
+                )
+            return 0, "", ""
+        target = Path(
+            next(arg.split("=", 1)[1] for arg in args if arg.startswith("--file="))
+        )
+        if target.is_dir():
+            target = target / "toc.dat"
+        target.write_bytes(b"PGDMP partial" if self.dump_rc else b"PGDMP whole")
         return self.dump_rc, "", "pg_dump: error: disk full" if self.dump_rc else ""
+
+    def of(self, program: str) -> list[list[str]]:
+        """The commands run with one program, --version aside."""
+        return [
+            command
+            for command in self.commands
+            if Path(command[0]).name == program and "--version" not in command
+        ]
 
 
 @pytest.fixture
@@ -273,6 +327,19 @@ def clients(monkeypatch: pytest.MonkeyPatch) -> FakeClients:
     fake = FakeClients()
     monkeypatch.setattr(basic.AnsibleModule, "run_command", fake.run_command)
     monkeypatch.setattr(pg_backup, "connect", lambda *args, **kwargs: FakeConnection())
+    fake.maintenance = []
+
+    # The connections of the test restore, made as the maintenance role.
+    def connect_with(
+        module, params, dbname, application_name, purpose, autocommit=True
+    ):
+        conn = FakeConnection()
+        conn.params = params
+        conn.dbname = dbname
+        fake.maintenance.append(conn)
+        return conn
+
+    monkeypatch.setattr(pg_backup, "connect_with", connect_with)
     return fake
 
 
@@ -305,7 +372,9 @@ class TestBackupFlow:
         """Ensure PGPASSWORD carries the password and no argv or result holds it."""
         result = run_module(pg_backup, backup_args)
 
-        dump_env = clients.environments[1]
+        dump_env = clients.environments[
+            clients.commands.index(clients.of("pg_dump")[0])
+        ]
         assert dump_env["PGPASSWORD"] == PASSWORD
         assert dump_env["PGDATABASE"] == "reading_history"
         assert dump_env["PGHOST"] == "db.test"
@@ -320,7 +389,7 @@ class TestBackupFlow:
         """Verify pg_dump gets the custom format, the snapshot and --no-password."""
         run_module(pg_backup, backup_args)
 
-        dump_command = clients.commands[1]
+        [dump_command] = clients.of("pg_dump")
         assert "--format=custom" in dump_command
         assert "--no-password" in dump_command
         assert "--snapshot=00000003-00000002-1" in dump_command
@@ -374,7 +443,7 @@ class TestBackupFlow:
         ):
             run_module(pg_backup, backup_args)
 
-        assert len(clients.commands) == 1
+        assert clients.of("pg_dump") == []
         assert os.listdir(backup_args["backup_dir"]) == []
 
     def test_check_mode_reports_the_path_and_writes_nothing(
@@ -455,3 +524,136 @@ class TestArguments:
 
         with pytest.raises(ModuleFail, match="missing_pg_dump' is not an executable"):
             run_module(pg_backup, args)
+
+
+class TestTestRestore:
+    def test_restores_into_a_scratch_database_as_the_maintenance_role(
+        self, clients: FakeClients, backup_args: dict
+    ) -> None:
+        """Ensure the scratch restore stops on errors, runs as one transaction and is dropped."""
+        args = {
+            **backup_args,
+            "maintenance_user": "backup_admin",
+            "maintenance_password": "admin-Pa55",
+        }
+
+        result = run_module(pg_backup, args)
+
+        [restore] = [c for c in clients.of("pg_restore") if "--list" not in c]
+        scratch = result["scratch_database"]
+        assert scratch.startswith("reading_history_verify_")
+        assert f"--dbname={scratch}" in restore
+        for flag in (
+            "--exit-on-error",
+            "--single-transaction",
+            "--no-owner",
+            "--no-password",
+        ):
+            assert flag in restore
+        env = clients.environments[clients.commands.index(restore)]
+        assert env["PGUSER"] == "backup_admin" and env["PGPASSWORD"] == "admin-Pa55"
+        assert "admin-Pa55" not in json.dumps(
+            result
+        ) and "admin-Pa55" not in json.dumps(clients.commands)
+        admin, counted = clients.maintenance[-2:]
+        assert any(q.startswith("CREATE DATABASE") for q in admin.queries)
+        assert (
+            admin.queries[-1].startswith("DROP DATABASE")
+            and "FORCE" in admin.queries[-1]
+        )
+        assert counted.dbname == scratch
+        assert result["verification"]["checks"][-1] == "test_restore"
+        assert result["verification"]["restore"]["dropped"] is True
+
+    def test_failed_test_restore_drops_the_scratch_database_and_the_dump(
+        self, clients: FakeClients, backup_args: dict
+    ) -> None:
+        """Verify a test restore that fails removes the dump and still drops the scratch."""
+        clients.restore_rc = 1
+
+        with pytest.raises(ModuleFail, match="test restore into .* end of file"):
+            run_module(pg_backup, backup_args)
+
+        admin = clients.maintenance[-1]
+        assert admin.queries[-1].startswith("DROP DATABASE")
+        assert os.listdir(backup_args["backup_dir"]) == []
+
+    def test_role_that_may_not_create_databases_fails_before_dumping(
+        self, clients: FakeClients, backup_args: dict, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Ensure a missing CREATEDB is reported before pg_dump runs."""
+        monkeypatch.setattr(
+            pg_backup,
+            "connect_with",
+            lambda *args, **kwargs: FakeConnection(may_create_databases=False),
+        )
+
+        with pytest.raises(ModuleFail, match="may not create the scratch database"):
+            run_module(pg_backup, backup_args)
+
+        assert clients.of("pg_dump") == []
+
+    def test_without_test_restore_no_scratch_database_is_made(
+        self, clients: FakeClients, backup_args: dict
+    ) -> None:
+        """Verify verify_restore=false neither connects as maintenance nor restores."""
+        result = run_module(pg_backup, {**backup_args, "verify_restore": False})
+
+        assert clients.maintenance == []
+        assert [c for c in clients.of("pg_restore") if "--list" not in c] == []
+        assert result["verification"]["checks"] == ["checksum", "table_of_contents"]
+
+
+class TestFormatsAndSpace:
+    def test_directory_format_dumps_and_restores_with_its_jobs(
+        self, clients: FakeClients, backup_args: dict
+    ) -> None:
+        """Ensure format=directory passes --jobs to pg_dump and to the test restore."""
+        result = run_module(
+            pg_backup, {**backup_args, "format": "directory", "jobs": 3}
+        )
+
+        [dump_command] = clients.of("pg_dump")
+        assert "--format=directory" in dump_command and "--jobs=3" in dump_command
+        [restore] = [c for c in clients.of("pg_restore") if "--list" not in c]
+        assert "--jobs=3" in restore and "--single-transaction" not in restore
+        assert result["dest"].endswith(".dir")
+        assert result["files"] == {
+            "toc.dat": {
+                "size": 11,
+                "sha256": hashlib.sha256(b"PGDMP whole").hexdigest(),
+            }
+        }
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"jobs": 0}, "jobs must be 1 or more"),
+            ({"jobs": 2}, "jobs=2 needs format=directory"),
+            ({"space_factor": -1.0}, "space_factor must be 0 or more"),
+        ],
+    )
+    def test_inconsistent_options_are_refused(
+        self, clients: FakeClients, backup_args: dict, options: dict, message: str
+    ) -> None:
+        """Verify option values that cannot work fail before any command runs."""
+        with pytest.raises(ModuleFail, match=message):
+            run_module(pg_backup, {**backup_args, **options})
+
+        assert clients.commands == []
+
+    def test_too_little_free_space_fails_before_dumping(
+        self, clients: FakeClients, backup_args: dict, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Ensure the free-space estimate (size x factor) is checked before pg_dump."""
+        monkeypatch.setattr(pg_backup, "free_space", lambda folder: 3_000_000)
+
+        with pytest.raises(ModuleFail) as failed:
+            run_module(pg_backup, {**backup_args, "space_factor": 0.5})
+
+        assert "3000000 bytes free, 4000000 needed" in failed.value.result["msg"]
+        assert clients.of("pg_dump") == []
+
+        # A factor that fits the free space lets the backup through.
+        result = run_module(pg_backup, {**backup_args, "space_factor": 0.25})
+        assert result["verified"] is True
