@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,20 @@ def host_health(host: str) -> dict:
         env=lab_environment(), capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(completed.stdout)
+
+
+def create_token(user_id: int) -> str:
+    """Make an API token for a user with the installed release's own command."""
+    completed = subprocess.run(
+        ["podman", "exec", "lab-app1", "systemd-run", "--quiet", "--wait", "--pipe",
+         "--collect",
+         "--property=EnvironmentFile=/opt/reading-history/current/reading-history.env",
+         "--property=User=reading-history",
+         "/opt/reading-history/current/bin/reading-history", "tokens", "create",
+         "--user-id", str(user_id), "--name", f"e2e-{uuid.uuid4().hex[:8]}"],
+        env=lab_environment(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return completed.stdout.strip()
 
 
 def releases_serving() -> set[str]:

@@ -11,7 +11,7 @@ import io
 import uuid
 
 import requests
-from conftest import releases_serving, run_playbook
+from conftest import create_token, releases_serving, run_playbook
 
 SUBSTANTIVE_PHASES = ("release", "migrate")
 
@@ -28,13 +28,17 @@ def test_deploy_serves_health_database_and_exports(lab, first_release):
     assert found["found"] == found["expected"] > 0
 
     user = uuid.uuid4().int % 1_000_000_000
+    auth = {"Authorization": f"Bearer {create_token(user)}"}
     read = {"article_id": 42, "feed_id": 7, "category": "science, \"space\""}
-    recorded = requests.post(f"{lab}/api/v1/users/{user}/history", json=read, timeout=5)
+    recorded = requests.post(
+        f"{lab}/api/v1/users/{user}/history", json=read, headers=auth, timeout=5
+    )
     assert recorded.status_code == 201
 
     exported = requests.get(
-        f"{lab}/api/v1/users/{user}/history/export", params={"format": "csv"}, timeout=5
-    )
+        f"{lab}/api/v1/users/{user}/history/export",
+        params={"format": "csv"}, headers=auth, timeout=5,
+    )  # fmt: skip
     assert exported.status_code == 200
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert [row["category"] for row in rows] == [read["category"]]
