@@ -7,14 +7,27 @@ from typing import Any
 
 import http_health
 import pg_backup
+import pg_backup_retention
 import pg_migrate
+import pg_readonly
+import pg_restore
+import pg_schema
 import pg_state
 import pytest
 import yaml
 from ansible.module_utils import basic
 from module_harness import REPO_ROOT
 
-MODULES = [pg_state, pg_backup, pg_migrate, http_health]
+MODULES = [
+    pg_state,
+    pg_backup,
+    pg_backup_retention,
+    pg_restore,
+    pg_migrate,
+    pg_readonly,
+    pg_schema,
+    http_health,
+]
 FRAGMENT_PATH = REPO_ROOT / "doc_fragments" / "pg_connection.py"
 RETURN_KEYS = ("description", "returned", "type", "sample")
 
@@ -87,3 +100,10 @@ def test_examples_are_named_tasks_of_the_module(module: ModuleType) -> None:
     assert all(task.get("name") for task in tasks)
     assert any(name in task for task in tasks)
     assert any("register" in task for task in tasks if name in task)
+
+
+def test_every_module_in_library_is_checked() -> None:
+    """Ensure a module added to library/ cannot escape these documentation checks."""
+    in_library = {path.stem for path in (REPO_ROOT / "library").glob("*.py")}
+
+    assert in_library == {module.__name__ for module in MODULES}

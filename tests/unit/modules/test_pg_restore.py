@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
 
-import pg_backup_retention
+import pg_backup
 import pg_restore
 import pytest
-import yaml
 from ansible.module_utils import basic
 from module_harness import ModuleFail, run_module
-from test_documentation import RETURN_KEYS, argument_spec_of, documented_options
+from test_documentation import argument_spec_of
 
-NEW_MODULES = [pg_restore, pg_backup_retention]
 
 
 @pytest.fixture
@@ -107,50 +104,8 @@ class TestGuards:
             run_module(pg_restore, args(tmp_path))
 
 
-@pytest.mark.parametrize("module", NEW_MODULES, ids=lambda module: module.__name__)
-def test_documented_options_match_the_argument_spec(
-    module: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Ensure names, types, defaults, choices and required flags agree with the docs."""
-    spec = argument_spec_of(module, monkeypatch)
-    documented = documented_options(module)
-
-    assert sorted(documented) == sorted(spec)
-    for name, option in spec.items():
-        doc = documented[name]
-        assert doc.get("type") == option.get("type"), name
-        assert doc.get("default") == option.get("default"), name
-        assert doc.get("choices") == option.get("choices"), name
-        assert doc.get("elements") == option.get("elements"), name
-        assert bool(doc.get("required")) == bool(option.get("required")), name
-        assert doc.get("description"), name
-
-
-@pytest.mark.parametrize("module", NEW_MODULES, ids=lambda module: module.__name__)
-def test_every_return_value_is_fully_described(module: ModuleType) -> None:
-    """Verify each RETURN key has a description, a condition, a type and a sample."""
-    returned = yaml.safe_load(module.RETURN)
-
-    for key, value in returned.items():
-        missing = [field for field in RETURN_KEYS if field not in value]
-        assert not missing, f"{key} lacks {missing}"
-
-
-@pytest.mark.parametrize("module", NEW_MODULES, ids=lambda module: module.__name__)
-def test_examples_are_named_tasks_of_the_module(module: ModuleType) -> None:
-    """Ensure every example task has a name and some example calls the module."""
-    tasks = yaml.safe_load(module.EXAMPLES)
-    name = module.__name__
-
-    assert all(task.get("name") for task in tasks)
-    assert any(name in task for task in tasks)
-    assert any("register" in task for task in tasks if name in task)
-
-
 def test_passwords_are_no_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """Verify every option holding a password is hidden from Ansible's output."""
-    import pg_backup
-
     for module in (pg_restore, pg_backup):
         spec = argument_spec_of(module, monkeypatch)
         secrets = [name for name in spec if "password" in name]
