@@ -29,7 +29,9 @@ description:
     privileges of the replaced database are given to the new one."
   - If anything fails before the end, the new database is dropped and the current
     database is left as it was, under its own name and accepting connections again.
-  - The replaced database is kept, renamed, and never dropped by this module.
+  - The replaced database is kept, renamed. With O(keep_replaced), databases that
+    earlier restores replaced are dropped once this restore has succeeded, the newest
+    ones kept.
 options:
   manifest:
     description:
@@ -60,6 +62,14 @@ options:
         step before giving up and leaving the database as it was.
     type: int
     default: 30
+  keep_replaced:
+    description:
+      - Once the restore has succeeded, keep this many of the databases that restores of
+        O(database) replaced, C(<database>_before_restore_<UTC time>), the one just
+        replaced included, and drop the older ones, ordered by the time in their names.
+      - A database still in use is not dropped; a warning names it.
+      - By default nothing is dropped.
+    type: int
   pg_restore_path:
     description:
       - Path of the C(pg_restore) program.
@@ -74,7 +84,8 @@ attributes:
     details:
       - Runs every check that comes before the restore, the checksum and the archive's
         table of contents included, and returns the names of the databases it would
-        create and rename, with RV(changed=true); nothing is created or renamed.
+        create, rename and drop, with RV(changed=true); nothing is created, renamed
+        or dropped.
   diff_mode:
     support: none
     details: A database has no useful textual difference to show.
@@ -88,7 +99,7 @@ notes:
   - Sessions to the database end during the maintenance step; clients reconnect to
     the restored database once its privileges are back, a few seconds later.
   - The renamed database takes as much room as before; drop it once the restore is
-    known good, with C(DROP DATABASE).
+    known good, with C(DROP DATABASE), or let O(keep_replaced) drop the older ones.
   - Taking a safety backup first is the caller's part; the db_restore role does it
     with M(pg_backup).
 seealso:
@@ -109,6 +120,8 @@ EXAMPLES = r"""
     confirm: reading_history
     login_unix_socket: /var/run/postgresql
     login_user: postgres
+    # The database replaced now stays; those replaced by earlier restores go.
+    keep_replaced: 1
   become: true
   become_user: postgres
   register: restored
@@ -149,6 +162,14 @@ previous_database:
   returned: when the checks passed
   type: str
   sample: reading_history_before_restore_20250103101500
+dropped_databases:
+  description:
+    - Databases replaced by earlier restores that were dropped, or would be in check
+      mode, because of O(keep_replaced).
+  returned: when the checks passed
+  type: list
+  elements: str
+  sample: [reading_history_before_restore_20241220093000]
 tables:
   description: Row count of every table of the restored database, as checked after the swap.
   returned: changed and not in check mode
@@ -201,6 +222,7 @@ elapsed:
 """
 
 import datetime
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,6 +276,9 @@ except ImportError:
 
 APPLICATION_NAME = "ansible-pg_restore"
 POLL_SECONDS = 0.2
+STAMP_FORMAT = "%Y%m%d%H%M%S"
+STAMP_LENGTH = 14
+REPLACED_LABEL = "before_restore"
 
 
 class RestoreFailed(Exception):
@@ -530,13 +555,40 @@ class RestoreModule:
         self.lap("maintenance", moment)
         return found
 
+    # Databases replaced earlier -----------------------------------------------
+
+    def replaced_databases(self, conn: Any) -> list[str]:
+        """Databases that restores of this one replaced, newest first by their name's time."""
+        sample = timestamped_name(self.database, REPLACED_LABEL, "0" * STAMP_LENGTH)
+        pattern = re.compile(re.escape(sample[:-STAMP_LENGTH]) + r"[0-9]{%d}" % STAMP_LENGTH)
+        names = [row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
+        return sorted((name for name in names if pattern.fullmatch(name)), reverse=True)
+
+    def beyond_keep(self, replaced: list[str]) -> list[str]:
+        keep = self.params["keep_replaced"]
+        return [] if keep is None else sorted(replaced, reverse=True)[keep:]
+
+    def drop_replaced(self, conn: Any) -> tuple[list[str], list[str]]:
+        """Drop the replaced databases beyond keep_replaced; return those dropped and warnings.
+
+        A session still open in one means someone is looking at it: it stays.
+        """
+        dropped, warnings = [], []
+        for name in self.beyond_keep(self.replaced_databases(conn)):
+            try:
+                conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+                dropped.append(name)
+            except DatabaseError as error:
+                warnings.append(f"kept replaced database '{name}': {error_text(error)}")
+        return dropped, warnings
+
     def run(self) -> None:
         archive = self.read_archive()
-        stamp = f"{datetime.datetime.now(datetime.UTC):%Y%m%d%H%M%S}"
+        stamp = datetime.datetime.now(datetime.UTC).strftime(STAMP_FORMAT)
         swap = Swap(
             database=self.database,
             new=timestamped_name(self.database, "restore", stamp),
-            old=timestamped_name(self.database, "before_restore", stamp),
+            old=timestamped_name(self.database, REPLACED_LABEL, stamp),
         )
         manifest = archive.manifest
         about = {
@@ -554,11 +606,14 @@ class RestoreModule:
             target = self.check_server(conn, archive, swap)
             self.lap("checks", self.started)
             if self.module.check_mode:
+                doomed = self.beyond_keep([*self.replaced_databases(conn), swap.old])
                 self.module.exit_json(
                     changed=True,
                     msg=f"would restore '{archive.path}' into new database '{swap.new}', "
                     f"rename '{self.database}' to '{swap.old}' and '{swap.new}' to "
-                    f"'{self.database}'",
+                    f"'{self.database}'"
+                    + (f", and drop {', '.join(doomed)}" if doomed else ""),
+                    dropped_databases=doomed,
                     elapsed=round(time.monotonic() - self.started, 3),
                     **about,
                 )
@@ -578,6 +633,10 @@ class RestoreModule:
                 if not swap.done and (swap.created or swap.closed):
                     self.undo(conn, swap, target)
 
+            dropped, warnings = self.drop_replaced(conn)
+
+        for warning in warnings:
+            self.module.warn(warning)
         self.module.exit_json(
             changed=True,
             msg=f"restored '{archive.path}' into database '{self.database}'; the data it "
@@ -590,6 +649,7 @@ class RestoreModule:
                 "counts_after_swap": True,
             },
             terminated_sessions=len(swap.terminated),
+            dropped_databases=dropped,
             durations=self.durations,
             elapsed=round(time.monotonic() - self.started, 3),
             **about,
@@ -604,6 +664,7 @@ def main() -> None:
         confirm=dict(type="str", required=True),
         jobs=dict(type="int", default=1),
         terminate_timeout=dict(type="int", default=30),
+        keep_replaced=dict(type="int"),
         pg_restore_path=dict(type="path"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -623,6 +684,12 @@ def main() -> None:
         )
     if module.params["jobs"] < 1:
         module.fail_json(msg=f"jobs must be 1 or more, not {module.params['jobs']}")
+    keep_replaced = module.params["keep_replaced"]
+    if keep_replaced is not None and keep_replaced < 1:
+        module.fail_json(
+            msg=f"keep_replaced must be 1 or more, not {keep_replaced}: the database this "
+            "restore replaces is the way back from it"
+        )
     ensure_psycopg(module)
 
     restore = RestoreModule(module)

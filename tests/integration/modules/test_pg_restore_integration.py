@@ -200,6 +200,87 @@ class TestRestore:
         assert service.counts() == counts
 
 
+
+def create_replaced(service: ServiceDatabase, *stamps: str) -> list[str]:
+    """Create databases named as earlier restores would have left them."""
+    names = [f"{service.name}_before_restore_{stamp}" for stamp in stamps]
+    with service.server_connection() as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return names
+
+
+class TestReplacedDatabases:
+    def test_by_default_every_replaced_database_is_kept(
+        self, service: ServiceDatabase, backup: dict
+    ) -> None:
+        """Ensure nothing is dropped unless keep_replaced asks for it."""
+        older = create_replaced(service, "20240101000000")
+
+        rc, result, _ = restore(service, backup)
+
+        assert rc == 0, result
+        assert result["dropped_databases"] == []
+        assert service.databases() == {service.name, result["previous_database"], *older}
+
+    def test_keep_replaced_drops_the_oldest_by_the_time_in_their_names(
+        self, service: ServiceDatabase, backup: dict
+    ) -> None:
+        """Verify the database just replaced and the next newest stay, older ones go.
+
+        The one made first carries the newest time, so creation order is not used.
+        """
+        newer, oldest, older = create_replaced(
+            service, "20241201000000", "20230101000000", "20240101000000"
+        )
+        unrelated = f"{service.name}_before_restore_notes"
+        with service.server_connection() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(unrelated)))
+
+        rc, result, _ = restore(service, backup, keep_replaced=2)
+
+        assert rc == 0, result
+        assert sorted(result["dropped_databases"]) == sorted([oldest, older])
+        assert service.databases() == {
+            service.name, result["previous_database"], newer, unrelated
+        }  # fmt: skip
+
+    def test_replaced_database_in_use_is_kept_with_a_warning(
+        self, service: ServiceDatabase, backup: dict
+    ) -> None:
+        """Ensure a replaced database someone is connected to is left alone."""
+        (in_use,) = create_replaced(service, "20240101000000")
+
+        with service.connect(dbname=in_use):
+            rc, result, _ = restore(service, backup, keep_replaced=1)
+
+        assert rc == 0, result
+        assert result["dropped_databases"] == []
+        assert in_use in service.databases()
+        assert in_use in str(result["warnings"])
+
+    def test_check_mode_names_what_would_be_dropped(
+        self, service: ServiceDatabase, backup: dict
+    ) -> None:
+        """Verify check mode lists the databases beyond keep_replaced and drops none."""
+        older = create_replaced(service, "20240101000000", "20240201000000")
+
+        rc, result, _ = restore(service, backup, check_mode=True, keep_replaced=2)
+
+        assert rc == 0, result
+        assert result["dropped_databases"] == [older[0]]
+        assert older[0] in result["msg"]
+        assert service.databases() == {service.name, *older}
+
+    def test_keeping_none_is_refused(self, service: ServiceDatabase, backup: dict) -> None:
+        """Ensure the database a restore replaces can never be dropped by that restore."""
+        rc, result, _ = restore(service, backup, keep_replaced=0)
+
+        assert rc == 1
+        assert "keep_replaced must be 1 or more" in result["msg"]
+        assert service.databases() == {service.name}
+
+
 class TestRefusals:
     def test_refuses_without_the_database_named_in_confirm(
         self, service: ServiceDatabase, backup: dict

@@ -6,6 +6,7 @@ and keep the changed database aside under another name.
 """
 
 import json
+import re
 
 import pytest
 
@@ -43,7 +44,9 @@ def databases(host):
 def previous(databases):
     """Return the database the restore replaced, kept under its new name."""
     kept = [
-        name for name in databases if name.startswith(f"{DATABASE}_before_restore_")
+        name
+        for name in databases
+        if re.fullmatch(rf"{DATABASE}_before_restore_[0-9]{{14}}", name)
     ]
     assert len(kept) == 1, f"check mode or a second run restored again: {kept}"
     return kept[0]
@@ -139,17 +142,37 @@ def test_only_the_service_roles_may_connect(host):
     ) == ["f|t"]
 
 
-def test_safety_backup_holds_the_state_before_the_restore(host):
-    """Ensure the safety backup was taken, verified, and counts the later rows."""
+def safety_manifests(host):
+    """Return the manifests of the safety backups, oldest first."""
     names = host.check_output(
         "find %s/safety -maxdepth 1 -name '*.manifest.json'", WORK_DIR
     ).split()
-    assert len(names) == 1, names
-    manifest = json.loads(host.file(names[0]).content_string)
+    manifests = [json.loads(host.file(name).content_string) for name in names]
+    return sorted(manifests, key=lambda manifest: manifest["started_at"])
+
+
+def test_safety_backup_holds_the_state_before_the_restore(host):
+    """Ensure the safety backup was taken, verified, and counts the later rows."""
+    manifest = safety_manifests(host)[-1]
     assert manifest["verified"] is True
     assert "test_restore" in manifest["verification"]["checks"]
     assert manifest["tables"]["user_reading_preferences"] == 4
     assert manifest["tables"]["bookmarks"] == 1
+
+
+def test_only_the_newest_safety_backups_are_kept(host):
+    """Verify retention kept two of the three: the earlier restores' oldest went."""
+    manifests = safety_manifests(host)
+    assert len(manifests) == 2, [manifest["file"] for manifest in manifests]
+    # The one kept from before is the second taken in prepare.yml, of 3 users.
+    assert manifests[0]["tables"]["user_reading_preferences"] == 3
+
+
+def test_older_replaced_databases_are_dropped(databases, previous):
+    """Ensure only the database this restore replaced is kept, by its name's time."""
+    assert "reading_history_before_restore_20240101000000" not in databases
+    assert "reading_history_before_restore_20241201000000" not in databases
+    assert "reading_history_before_restore_notes" in databases
 
 
 def test_work_folder_is_private_and_the_staged_copy_gone(host):
