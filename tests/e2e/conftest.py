@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 LAB_URL = "http://127.0.0.1:8080"
 APP_HOSTS = ("app1", "app2")
+# The deployment records of this test session, apart from the operators' own log.
+DEPLOYMENT_LOG = Path(tempfile.mkdtemp(prefix="e2e-deployments-")) / "log.jsonl"
 
 
 @dataclass
@@ -39,7 +42,16 @@ def lab_environment() -> dict[str, str]:
         ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
         CONTAINERS_CONF=str(REPO / ".lab" / "containers.conf"),
         ANSIBLE_FORCE_COLOR="0",
+        READING_HISTORY_DEPLOYMENT_LOG=str(DEPLOYMENT_LOG),
+        READING_HISTORY_OPERATOR="e2e-tests",
     )
+
+
+def deployment_records() -> list[dict]:
+    """Return the records the playbooks of this session wrote, oldest first."""
+    if not DEPLOYMENT_LOG.exists():
+        return []
+    return [json.loads(line) for line in DEPLOYMENT_LOG.read_text().splitlines()]
 
 
 def run_playbook(name: str, *extra: str, as_json: bool = False) -> PlaybookRun:

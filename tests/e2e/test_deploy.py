@@ -11,9 +11,10 @@ import io
 import uuid
 
 import requests
-from conftest import create_token, releases_serving, run_playbook
+from conftest import create_token, deployment_records, releases_serving, run_playbook
 
 SUBSTANTIVE_PHASES = ("release", "migrate")
+DEPLOY_PHASES = ["preflight", "build", "backup", "migrate", "release", "verify"]
 
 
 def test_deploy_serves_health_database_and_exports(lab, first_release):
@@ -44,6 +45,29 @@ def test_deploy_serves_health_database_and_exports(lab, first_release):
     assert [row["category"] for row in rows] == [read["category"]]
 
     assert releases_serving() == {first_release}
+
+
+def test_deploy_is_recorded_with_phases_release_and_backup(first_release):
+    """Verify the deployment log holds the deploy: who, phases, release, backup."""
+    deploys = [record for record in deployment_records() if record["operation"] == "deploy"]
+    assert deploys, "no deploy was recorded"
+    record = deploys[0]
+
+    assert record["outcome"] == "succeeded"
+    assert record["failure"] is None
+    assert record["operator"] == "e2e-tests"
+    assert record["automation_commit"]
+    assert [phase["name"] for phase in record["phases"]] == DEPLOY_PHASES
+    assert all(phase["started_at"] <= phase["ended_at"] for phase in record["phases"])
+    assert record["started_at"] <= record["phases"][0]["started_at"]
+
+    assert record["stats"]["_run"]["release"] == first_release
+    assert {record["stats"][host]["serving"] for host in ("app1", "app2")} == {
+        first_release
+    }
+    backup = record["reported"]["pg_backup"]["db1"]
+    assert backup["verified"] is True
+    assert backup["dest"].endswith(".dump")
 
 
 def test_second_deploy_changes_nothing_in_release_and_migrate(first_release):
@@ -79,6 +103,11 @@ def test_release_that_cannot_start_leaves_previous_serving(
     assert "FAILED in phase 'release' on host app1" in run.output
     assert "1.0.0-" in run.output.split("FAILED in phase 'release'")[1]
     assert "is serving again on this host" in run.output
+    failed = deployment_records()[-1]
+    assert failed["outcome"] == "failed"
+    assert failed["failure"]["phase"] == "release"
+    assert failed["failure"]["host"] == "app1"
+    assert "app2" not in failed["stats"]
     assert releases_serving() == {first_release}
     assert requests.get(f"{lab}/health", timeout=5).json()["release"] == first_release
 

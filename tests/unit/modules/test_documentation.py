@@ -14,6 +14,7 @@ import pg_restore
 import pg_schema
 import pg_state
 import pytest
+import release_window
 import yaml
 from ansible.module_utils import basic
 from module_harness import REPO_ROOT
@@ -27,6 +28,7 @@ MODULES = [
     pg_readonly,
     pg_schema,
     http_health,
+    release_window,
 ]
 FRAGMENT_PATH = REPO_ROOT / "doc_fragments" / "pg_connection.py"
 RETURN_KEYS = ("description", "returned", "type", "sample")
