@@ -66,6 +66,7 @@ RECORDED_RESULTS = {
     "pg_migrate": ("applied", "reverted", "current_version", "target_version", "accepted"),
     "pg_restore": ("database", "archive", "previous_database", "schema_version"),
     "pg_readonly": ("previous", "read_only"),
+    "deploy_lock": ("holder", "previous"),
     "release_window": ("in_window", "local_time", "window", "overridden", "override_reason"),
 }
 

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import subprocess
 import uuid
 
 import requests
-from conftest import create_token, deployment_records, releases_serving, run_playbook
+from conftest import (
+    create_token,
+    deployment_records,
+    lab_environment,
+    releases_serving,
+    run_playbook,
+)
 
 SUBSTANTIVE_PHASES = ("release", "migrate")
-DEPLOY_PHASES = ["preflight", "build", "backup", "migrate", "release", "verify"]
+DEPLOY_PHASES = ["preflight", "build", "backup", "migrate", "release", "verify", "unlock"]
+LOCK_FILE = "/var/lib/reading-history/deploy.lock"
 
 
 def test_deploy_serves_health_database_and_exports(lab, first_release):
@@ -45,6 +54,48 @@ def test_deploy_serves_health_database_and_exports(lab, first_release):
     assert [row["category"] for row in rows] == [read["category"]]
 
     assert releases_serving() == {first_release}
+
+
+def lock_holder() -> dict | None:
+    """Return the run holding the lab's deploy lock, or None when it is free."""
+    shown = subprocess.run(
+        ["podman", "exec", "lab-db1", "cat", LOCK_FILE],
+        env=lab_environment(), capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def hold_lock_elsewhere(holder: dict) -> None:
+    subprocess.run(
+        ["podman", "exec", "lab-db1", "sh", "-c", f"cat > {LOCK_FILE}"],
+        input=json.dumps(holder), env=lab_environment(), text=True, check=True,
+    )  # fmt: skip
+
+
+def test_lock_held_from_another_controller_stops_a_deploy(first_release):
+    """Ensure a deploy started while another controller's run holds the lock stops first.
+
+    It stops in the preflight, before any host changes, naming the holder.
+    """
+    elsewhere = {"run_id": "bastion-4242-7", "operation": "migrate", "operator": "chen",
+                 "controller": "bastion.example.net", "pid": 4242, "pid_started": 7}
+    hold_lock_elsewhere(elsewhere)
+    try:
+        run = run_playbook("deploy.yml")
+    finally:
+        subprocess.run(
+            ["podman", "exec", "lab-db1", "rm", "-f", LOCK_FILE],
+            env=lab_environment(), check=True,
+        )  # fmt: skip
+
+    assert run.returncode != 0
+    assert "FAILED in phase 'preflight' on host db1" in run.output
+    assert "held by run bastion-4242-7 running migrate by chen from bastion.example.net" in (
+        run.output
+    )
+    assert "release_preflight_lock_break=true" in run.output
+    refused = deployment_records()[-1]
+    assert [phase["name"] for phase in refused["phases"]] == ["preflight"]
 
 
 def test_deploy_is_recorded_with_phases_release_and_backup(first_release):
@@ -108,6 +159,8 @@ def test_release_that_cannot_start_leaves_previous_serving(
     assert failed["failure"]["phase"] == "release"
     assert failed["failure"]["host"] == "app1"
     assert "app2" not in failed["stats"]
+    # The failed run keeps the deploy lock: nobody deploys over it unseen.
+    assert lock_holder()["run_id"] == failed["reported"]["deploy_lock"]["db1"]["holder"]["run_id"]
     assert releases_serving() == {first_release}
     assert requests.get(f"{lab}/health", timeout=5).json()["release"] == first_release
 
@@ -115,8 +168,13 @@ def test_release_that_cannot_start_leaves_previous_serving(
 def test_rollback_puts_previous_release_back(lab, first_release, app_variant):
     """Ensure rollback.yml returns every host to the release before the last deploy."""
     second = app_variant("# a second release of the same version")
+    left_by_failed_run = lock_holder()
     run = run_playbook("deploy.yml", "-e", f"app_build_source={second}")
     assert run.returncode == 0, run.output[-5000:]
+    # That run's process is gone, so this controller took its lock over.
+    taken_over = deployment_records()[-1]["stats"]["_run"]["lock_taken_over_from"]
+    assert taken_over["run_id"] == left_by_failed_run["run_id"]
+    assert lock_holder() is None
     second_release = releases_serving()
     assert len(second_release) == 1
     assert second_release != {first_release}

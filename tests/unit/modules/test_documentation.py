@@ -6,6 +6,7 @@ from types import ModuleType
 from typing import Any
 
 import http_health
+import deploy_lock
 import pg_backup
 import pg_backup_retention
 import pg_migrate
@@ -29,6 +30,7 @@ MODULES = [
     pg_schema,
     http_health,
     release_window,
+    deploy_lock,
 ]
 FRAGMENT_PATH = REPO_ROOT / "doc_fragments" / "pg_connection.py"
 RETURN_KEYS = ("description", "returned", "type", "sample")
