@@ -67,6 +67,7 @@ RECORDED_RESULTS = {
     "pg_restore": ("database", "archive", "previous_database", "schema_version"),
     "pg_readonly": ("previous", "read_only"),
     "deploy_lock": ("holder", "previous"),
+    "prometheus_gate": ("gates", "rounds", "elapsed"),
     "release_window": ("in_window", "local_time", "window", "overridden", "override_reason"),
 }
 

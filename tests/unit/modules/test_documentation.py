@@ -14,6 +14,7 @@ import pg_readonly
 import pg_restore
 import pg_schema
 import pg_state
+import prometheus_gate
 import pytest
 import release_window
 import yaml
@@ -31,6 +32,7 @@ MODULES = [
     http_health,
     release_window,
     deploy_lock,
+    prometheus_gate,
 ]
 FRAGMENT_PATH = REPO_ROOT / "doc_fragments" / "pg_connection.py"
 RETURN_KEYS = ("description", "returned", "type", "sample")
