@@ -123,8 +123,13 @@ def read_holder(path: str) -> dict[str, Any] | None:
             holder = json.load(lock_file)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise LockError(f"cannot read lock file '{path}': {error}") from None
+    except ValueError as error:
+        raise LockError(
+            f"cannot read lock file '{path}' ({error}): it is not a lock this module "
+            "wrote; remove it by hand after checking no operation is running"
+        ) from None
     if not isinstance(holder, dict) or "run_id" not in holder:
         raise LockError(f"lock file '{path}' names no run; remove it by hand after checking")
     return holder

@@ -67,7 +67,7 @@ def lock_holder() -> dict | None:
 
 def hold_lock_elsewhere(holder: dict) -> None:
     subprocess.run(
-        ["podman", "exec", "lab-db1", "sh", "-c", f"cat > {LOCK_FILE}"],
+        ["podman", "exec", "--interactive", "lab-db1", "sh", "-c", f"cat > {LOCK_FILE}"],
         input=json.dumps(holder), env=lab_environment(), text=True, check=True,
     )  # fmt: skip
 
