@@ -60,7 +60,7 @@ def lock_holder() -> dict | None:
     """Return the run holding the lab's deploy lock, or None when it is free."""
     shown = subprocess.run(
         ["podman", "exec", "lab-db1", "cat", LOCK_FILE],
-        env=lab_environment(), capture_output=True, text=True,
+        env=lab_environment(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
