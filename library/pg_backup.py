@@ -339,6 +339,7 @@ from ansible.module_utils.pg_dump_tools import (
     find_client,
     first_error,
     login_params,
+    name_stamp,
     newest_packaged_client,
     restore_argv,
     role_may_create_databases,
@@ -546,7 +547,7 @@ class Plan:
     def scratch(self) -> str | None:
         if not self.options.verify_restore:
             return None
-        return timestamped_name(self.database, "verify", f"{self.started_at:%Y%m%d%H%M%S}")
+        return timestamped_name(self.database, "verify", name_stamp(self.started_at))
 
     def paths(self) -> dict[str, Any]:
         return {

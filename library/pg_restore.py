@@ -222,7 +222,6 @@ elapsed:
 """
 
 import datetime
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,11 +260,13 @@ from ansible.module_utils.pg_dump_tools import (
     drop_database,
     find_client,
     first_error,
+    name_stamp,
     restore_argv,
     role_may_create_databases,
     row_counts,
     server_version,
     timestamped_name,
+    timestamped_names,
 )
 
 try:
@@ -276,8 +277,6 @@ except ImportError:
 
 APPLICATION_NAME = "ansible-pg_restore"
 POLL_SECONDS = 0.2
-STAMP_FORMAT = "%Y%m%d%H%M%S"
-STAMP_LENGTH = 14
 REPLACED_LABEL = "before_restore"
 
 
@@ -559,10 +558,8 @@ class RestoreModule:
 
     def replaced_databases(self, conn: Any) -> list[str]:
         """Databases that restores of this one replaced, newest first by their name's time."""
-        sample = timestamped_name(self.database, REPLACED_LABEL, "0" * STAMP_LENGTH)
-        pattern = re.compile(re.escape(sample[:-STAMP_LENGTH]) + r"[0-9]{%d}" % STAMP_LENGTH)
         names = [row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
-        return sorted((name for name in names if pattern.fullmatch(name)), reverse=True)
+        return timestamped_names(names, self.database, REPLACED_LABEL)
 
     def beyond_keep(self, replaced: list[str]) -> list[str]:
         keep = self.params["keep_replaced"]
@@ -584,7 +581,7 @@ class RestoreModule:
 
     def run(self) -> None:
         archive = self.read_archive()
-        stamp = datetime.datetime.now(datetime.UTC).strftime(STAMP_FORMAT)
+        stamp = name_stamp(datetime.datetime.now(datetime.UTC))
         swap = Swap(
             database=self.database,
             new=timestamped_name(self.database, "restore", stamp),

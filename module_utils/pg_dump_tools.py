@@ -8,6 +8,7 @@ into one of them. Only psycopg 3.1 APIs are used.
 
 from __future__ import annotations
 
+import datetime
 import glob
 import os
 import re
@@ -85,11 +86,28 @@ def client_version(module: AnsibleModule, path: str) -> Client:
     return Client(path, version, int(match.group(1)))
 
 
+# The UTC time in the names of the databases the modules make: it sorts as it reads.
+NAME_STAMP_FORMAT = "%Y%m%d%H%M%S"
+NAME_STAMP_LENGTH = 14
+
+
+def name_stamp(moment: datetime.datetime) -> str:
+    return moment.strftime(NAME_STAMP_FORMAT)
+
+
 def timestamped_name(database: str, label: str, stamp: str) -> str:
     """Name a database made for `database`: '<database>_<label>_<stamp>', at most 63 bytes."""
     safe = re.sub(r"[^A-Za-z0-9_]", "_", database)
     suffix = f"_{label}_{stamp}"
     return safe[: MAX_IDENTIFIER - len(suffix)] + suffix
+
+
+def timestamped_names(names: list[str], database: str, label: str) -> list[str]:
+    """Pick the names timestamped_name made for `database` and `label`, newest first."""
+    sample = timestamped_name(database, label, "0" * NAME_STAMP_LENGTH)
+    prefix = re.escape(sample[:-NAME_STAMP_LENGTH])
+    pattern = re.compile(prefix + "[0-9]{%d}" % NAME_STAMP_LENGTH)
+    return sorted((name for name in names if pattern.fullmatch(name)), reverse=True)
 
 
 # Reading a database ----------------------------------------------------------
