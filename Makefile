@@ -12,7 +12,7 @@ export CONTAINERS_CONF := $(CURDIR)/.lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lab lab-down provision deploy backup migrate verify rollback restore test
+.PHONY: setup lab lab-down provision deploy backup migrate verify rollback restore maintenance test
 
 setup:
 	tools/setup
@@ -37,6 +37,10 @@ backup migrate verify rollback: $(PREPARE)
 # name as confirmation, e.g. make restore CONFIRM=reading_history.
 restore: $(PREPARE)
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/restore.yml -e db_restore_confirm=$(CONFIRM)
+
+# Puts the maintenance page up or takes it down: make maintenance STATE=on (or off).
+maintenance: $(PREPARE)
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/maintenance.yml -e maintenance=$(STATE)
 
 test: setup
 	tools/run-tests

@@ -7,9 +7,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,56 @@ def app_variant(tmp_path: Path):
         return source
 
     return make
+
+
+@dataclass
+class Traffic:
+    """What the clients of a steady stream of requests saw."""
+
+    statuses: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values()) + len(self.errors)
+
+    def failures(self) -> list[str]:
+        """Describe every request that did not succeed."""
+        bad = [f"{count} x {status}" for status, count in self.statuses.items()
+               if status != 201]
+        return bad + self.errors
+
+
+@contextmanager
+def steady_writes(per_second: float = 8) -> Iterator[Traffic]:
+    """Record reads through the load balancer at a steady rate while the block runs.
+
+    POSTs, because nginx cannot safely send one again to another host: a write that
+    reaches a host as it stops is lost unless the release drains the host first.
+    """
+    user = uuid.uuid4().int % 1_000_000_000
+    headers = {"Authorization": f"Bearer {create_token(user)}"}
+    traffic = Traffic()
+    stop = threading.Event()
+
+    def send() -> None:
+        with requests.Session() as session:
+            while not stop.wait(1 / per_second):
+                try:
+                    answer = session.post(
+                        f"{LAB_URL}/api/v1/users/{user}/history",
+                        json={"article_id": traffic.sent + 1, "feed_id": 1},
+                        headers=headers, timeout=10,
+                    )  # fmt: skip
+                    traffic.statuses[answer.status_code] += 1
+                except requests.RequestException as error:
+                    traffic.errors.append(f"{type(error).__name__}: {error}")
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield traffic
+    finally:
+        stop.set()
+        sender.join(timeout=15)
+

@@ -312,3 +312,27 @@ def test_no_file_names_a_local_folder() -> None:
     """Ensure no file in git names a home or work folder of one machine."""
     found = [hit for path in repository_files() for hit in local_paths_in(path)]
     assert not found, "absolute local paths:\n" + "\n".join(found)
+
+
+def openssl(*argv: str, stdin: str | None = None) -> str:
+    completed = subprocess.run(
+        ["openssl", *argv], input=stdin, capture_output=True, text=True, check=True
+    )
+    return completed.stdout
+
+
+@pytest.mark.parametrize("inventory", VAULTED_INVENTORIES)
+def test_load_balancer_key_and_certificate_are_a_pair(inventory: str) -> None:
+    """Ensure an environment's TLS key in the vault belongs to its certificate file."""
+    folder = REPO / "inventories" / inventory
+    lb_vars = yaml.safe_load((folder / "group_vars/lb/nginx_lb.yml").read_text())
+    server_name = lb_vars["nginx_lb_server_name"]
+    certificate = folder / "files" / "tls" / f"{server_name}.crt"
+    private_key = decrypted_vault(inventory)["vault_nginx_lb_tls_private_key"]
+
+    from_certificate = openssl("x509", "-in", str(certificate), "-noout", "-pubkey")
+    from_key = openssl("pkey", "-pubout", stdin=private_key)
+
+    assert from_certificate == from_key
+    covers = openssl("x509", "-in", str(certificate), "-noout", "-checkhost", server_name)
+    assert "does match" in covers

@@ -17,6 +17,7 @@ import pg_state
 import prometheus_gate
 import pytest
 import release_window
+import tls_certificate
 import yaml
 from ansible.module_utils import basic
 from module_harness import REPO_ROOT
@@ -33,6 +34,7 @@ MODULES = [
     release_window,
     deploy_lock,
     prometheus_gate,
+    tls_certificate,
 ]
 FRAGMENT_PATH = REPO_ROOT / "doc_fragments" / "pg_connection.py"
 RETURN_KEYS = ("description", "returned", "type", "sample")
