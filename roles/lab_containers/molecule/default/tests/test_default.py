@@ -55,3 +55,13 @@ def test_container_from_another_image_is_made_again():
         "podman exec molecule-lab-stale systemctl is-system-running --wait"
     )
     assert state.stdout.strip() in ("running", "degraded")
+
+
+def test_container_missing_a_published_port_is_made_again():
+    """Verify a host made before its port was published now publishes it."""
+    controller = testinfra.get_host("local://")
+    published = controller.check_output(
+        "podman container inspect --format '{{json .HostConfig.PortBindings}}'"
+        " molecule-lab-unported"
+    )
+    assert '"HostPort":"18089"' in published.replace(" ", "")
