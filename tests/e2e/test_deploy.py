@@ -205,6 +205,36 @@ def test_release_answering_errors_never_reaches_clients(
     assert releases_serving() == {first_release}
 
 
+# Appended to the package, this makes a release that starts and answers its health
+# checks, but fails every export: the smoke tests through the load balancer catch it.
+EXPORTS_FAIL = """
+import starlette.applications as _applications
+_serve = _applications.Starlette.__call__
+async def _fail_exports(self, scope, receive, send):
+    if scope["type"] == "http" and scope["path"].endswith("/export"):
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    return await _serve(self, scope, receive, send)
+_applications.Starlette.__call__ = _fail_exports
+"""
+
+
+def test_release_failing_its_checks_is_rolled_back(lab, first_release, app_variant):
+    """Ensure a release every host accepted, but the smoke tests refuse, is taken back."""
+    broken_exports = app_variant(EXPORTS_FAIL)
+
+    run = run_playbook("deploy.yml", "-e", f"app_build_source={broken_exports}")
+
+    assert run.returncode != 0
+    assert "FAILED in phase 'verify'" in run.output
+    assert "app1, app2 went back to the release they served before" in run.output
+    assert releases_serving() == {first_release}
+    rolled_back = deployment_records()[-1]["stats"]
+    assert rolled_back["app1"]["serving"] == first_release
+    assert rolled_back["app1"]["rolled_back_from"] != first_release
+
+
 def test_rollback_puts_previous_release_back(lab, first_release, app_variant):
     """Ensure deploy and rollback switch every host without losing a write."""
     second = app_variant("# a second release of the same version")
