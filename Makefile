@@ -29,6 +29,7 @@ provision: $(PREPARE)
 deploy: provision
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/deploy.yml
 	@echo "The reading-history service answers at http://127.0.0.1:8080"
+	@echo "and at https://localhost:8443 (its certificate: .lab/lb-certificate.pem)"
 
 backup migrate verify rollback: $(PREPARE)
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/$@.yml
@@ -40,6 +41,7 @@ restore: $(PREPARE)
 
 # Puts the maintenance page up or takes it down: make maintenance STATE=on (or off).
 maintenance: $(PREPARE)
+	$(if $(filter on off,$(STATE)),,$(error say STATE=on or STATE=off))
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/maintenance.yml -e maintenance=$(STATE)
 
 test: setup
