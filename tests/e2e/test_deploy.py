@@ -139,17 +139,22 @@ def test_second_deploy_changes_nothing_in_release_and_migrate(first_release):
     assert releases_serving() == {first_release}
 
 
+def deploy_release_that_never_answers(source):
+    """Deploy an app that never becomes healthy, giving each host 20 s to try."""
+    return run_playbook(
+        "deploy.yml",
+        "-e", f"app_build_source={source}",
+        "-e", "app_release_health_deadline=20",
+    )  # fmt: skip
+
+
 def test_release_that_cannot_start_leaves_previous_serving(
     lab, first_release, app_variant
 ):
     """Verify a release whose app fails at import stops, names host and release."""
     broken = app_variant('raise RuntimeError("this release cannot start")')
 
-    run = run_playbook(
-        "deploy.yml",
-        "-e", f"app_build_source={broken}",
-        "-e", "app_release_health_deadline=20",
-    )  # fmt: skip
+    run = deploy_release_that_never_answers(broken)
 
     assert run.returncode != 0
     assert "FAILED in phase 'release' on host app1" in run.output
@@ -191,11 +196,7 @@ def test_release_answering_errors_never_reaches_clients(
     failing = app_variant(ANSWERS_ONLY_ERRORS)
 
     with steady_writes() as traffic:
-        run = run_playbook(
-            "deploy.yml",
-            "-e", f"app_build_source={failing}",
-            "-e", "app_release_health_deadline=20",
-        )  # fmt: skip
+        run = deploy_release_that_never_answers(failing)
 
     assert run.returncode != 0
     assert "FAILED in phase 'release' on host app1" in run.output
